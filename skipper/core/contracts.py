@@ -1,0 +1,30 @@
+"""Names of the queues, topics and message types the modules agree on.
+
+Modules share only these names and `Message`; none imports another module.
+"""
+
+from __future__ import annotations
+
+# Work queues (one consumer per message).
+TRAIN = "train"  # api -> trainer: train commands
+REGISTRY = "registry"  # trainer/server -> api: task lifecycle, artifacts, registry queries
+PREDICT = "predict"  # api -> server: prediction requests
+EVENTS = "events"  # every module -> logging module
+DEAD_LETTERS = "dead_letters"  # transports -> api: messages that exhausted their retries
+
+# Fanout topics (every live subscriber).
+MODEL_PUBLISHED = "model.published"  # api -> servers (and api replicas): a version to serve
+TASK_CANCELLED = "task.cancelled"  # api -> trainers: stop at the next epoch
+
+# Message types.
+TRAIN_COMMAND = "train.command"
+TASK_CLAIM = "task.claim"  # request: trainer asks whether to run (not cancelled) and records the attempt
+TASK_PROGRESS = "task.progress"
+TASK_FAILED = "task.failed"
+TASK_CANCEL_ACK = "task.cancel_ack"
+MODEL_ARTIFACT = "model.artifact"  # bytes body; headers carry task_id and metadata
+REGISTRY_PRODUCTION = "registry.production"  # request: production versions of every model
+REGISTRY_ARTIFACT = "registry.artifact"  # request: one artifact's bytes
+PREDICT_REQUEST = "predict.request"
+EVENT = "event"
+MESSAGE_DEAD_LETTERED = "message.dead_lettered"

@@ -1,0 +1,40 @@
+"""What every module provides to the process that runs it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.routing import BaseRoute
+
+from skipper.core.bus import Transport
+
+
+class Module:
+    """A module registers bus handlers and HTTP routes; the container decides which run.
+
+    Lifecycle: `register(bus)` before the bus starts, `start()` after it has started,
+    `stop()` before it closes. Modules never import each other.
+    """
+
+    name = "module"
+
+    def register(self, bus: Transport) -> None:
+        """Declare consumers and subscribers on `bus`."""
+
+    def routes(self) -> list[BaseRoute]:
+        """HTTP routes under the API base path (relative, e.g. `/tasks`)."""
+        return []
+
+    async def start(self) -> None:
+        """Begin work that needs a running bus (catch-up, background loops)."""
+
+    async def stop(self) -> None:
+        """Finish in-flight work and release resources."""
+
+    def ready(self) -> bool:
+        """Whether this module can do its job now (drives `/ready`)."""
+        return True
+
+    def readiness(self) -> dict[str, Any]:
+        """Extra fields for `/ready`, e.g. `{"models": {...}}` from the serving module."""
+        return {}

@@ -1,0 +1,148 @@
+"""In-process transport on asyncio queues: the embedded default.
+
+Messages are passed by reference (no serialization on the hot path). Everything lives in
+this process, so "durable" means "until the process exits"; retries, dead letters,
+`NoConsumers` and `RequestTimeout` behave as on the brokers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from skipper.core import contracts
+from skipper.core.bus import BusOptions, Handler, Transport
+from skipper.core.errors import NoConsumers, RequestTimeout, from_payload
+from skipper.core.messages import Message, new_id
+
+log = logging.getLogger("skipper.transports.memory")
+
+
+class _Worker:
+    """One consumer slot: pulls from a queue and runs the handler; cancellable only when idle."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.task: asyncio.Task[None] | None = None
+
+
+class MemoryTransport(Transport):
+    """A bus inside one event loop."""
+
+    def __init__(self, options: BusOptions | None = None) -> None:
+        super().__init__(options or BusOptions())
+        self._queues: dict[str, asyncio.Queue[Message]] = defaultdict(asyncio.Queue)
+        self._consumers: dict[str, list[tuple[Handler, int]]] = defaultdict(list)
+        self._subscribers: dict[str, list[Handler]] = defaultdict(list)
+        self._workers: list[_Worker] = []
+        self._pending: dict[str, asyncio.Future[Message]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self.dead_letters: dict[str, list[Message]] = defaultdict(list)
+        self._started = False
+        self._closed = False
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for queue, consumers in self._consumers.items():
+            for handler, prefetch in consumers:
+                self._spawn_workers(queue, handler, prefetch)
+        await self.notify_connected()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for worker in self._workers:
+            if not worker.busy and worker.task is not None:
+                worker.task.cancel()
+        tasks = [w.task for w in self._workers if w.task is not None] + list(self._background)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+
+    async def send(self, queue: str, msg: Message) -> None:
+        self._queues[queue].put_nowait(msg)
+
+    def consume(self, queue: str, handler: Handler, *, prefetch: int | None = None) -> None:
+        slots = prefetch or self.options.prefetch
+        self._consumers[queue].append((handler, slots))
+        if self._started and not self._closed:
+            self._spawn_workers(queue, handler, slots)
+
+    async def request(self, queue: str, msg: Message, *, timeout: float) -> Message:
+        if not self._consumers.get(queue) or not self._started or self._closed:
+            raise NoConsumers(f"no consumer for queue {queue!r}", details={"queue": queue})
+        reply_to = f"memory.reply.{new_id()}"
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[reply_to] = fut
+        msg.reply_to = reply_to
+        if msg.correlation_id is None:
+            msg.correlation_id = msg.id
+        self._queues[queue].put_nowait(msg)
+        try:
+            reply = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no reply from {queue!r} within {timeout:g}s", details={"queue": queue, "timeout_s": timeout}
+            ) from None
+        finally:
+            self._pending.pop(reply_to, None)
+        if reply.is_error:
+            raise from_payload(reply.data)
+        return reply
+
+    async def publish(self, topic: str, msg: Message) -> None:
+        for handler in list(self._subscribers.get(topic, ())):
+            task = asyncio.create_task(self._deliver_event(topic, handler, msg))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        self._subscribers[topic].append(handler)
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _spawn_workers(self, queue: str, handler: Handler, slots: int) -> None:
+        for _ in range(slots):
+            worker = _Worker()
+            worker.task = asyncio.create_task(self._work(queue, handler, worker))
+            self._workers.append(worker)
+
+    async def _work(self, queue: str, handler: Handler, worker: _Worker) -> None:
+        q = self._queues[queue]
+        while not self._closed:
+            msg = await q.get()
+            worker.busy = True
+            try:
+                await self._handle(queue, handler, msg)
+            finally:
+                worker.busy = False
+
+    async def _handle(self, queue: str, handler: Handler, msg: Message) -> None:
+        outcome = await self.run_handler(queue, handler, msg)
+        if msg.reply_to is not None:
+            fut = self._pending.get(msg.reply_to)
+            if fut is not None and not fut.done() and outcome.reply is not None:
+                fut.set_result(outcome.reply)
+            return
+        if outcome.retry_after is not None:
+            asyncio.get_running_loop().call_later(outcome.retry_after, self._redeliver, queue, msg.retried())
+        elif outcome.dead_letter:
+            self.dead_letters[queue].append(msg)
+            report = self.dead_letter_report(queue, msg, outcome.error)
+            if report is not None:
+                await self.send(contracts.DEAD_LETTERS, report)
+
+    def _redeliver(self, queue: str, msg: Message) -> None:
+        if not self._closed:
+            self._queues[queue].put_nowait(msg)
+
+    async def _deliver_event(self, topic: str, handler: Handler, msg: Message) -> None:
+        try:
+            await handler(msg)
+        except Exception:
+            log.exception("subscriber of %s failed", topic, extra={"correlation_id": msg.correlation_id})

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from skipper.core.bus import BusOptions, Transport
+from skipper.core.messages import new_id
+
+from tests.transports import FACTORIES
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Wait until `predicate()` holds; fail with the timeout otherwise."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+class BusFactory:
+    """Builds started transports on one namespace; closes them all at the end."""
+
+    def __init__(self, make: Callable[[BusOptions], Transport], namespace: str) -> None:
+        self._make = make
+        self.namespace = namespace
+        self.built: list[Transport] = []
+
+    def options(self, **overrides: object) -> BusOptions:
+        base = {"namespace": self.namespace, "retry_backoff_s": 0.05, "retry_backoff_max_s": 0.2, "max_retries": 2}
+        base.update(overrides)
+        return BusOptions(**base)  # type: ignore[arg-type]
+
+    def __call__(self, **overrides: object) -> Transport:
+        transport = self._make(self.options(**overrides))
+        if transport not in self.built:
+            self.built.append(transport)
+        return transport
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+async def bus_factory(request: pytest.FixtureRequest) -> AsyncIterator[BusFactory]:
+    async with FACTORIES[request.param]() as make:
+        factory = BusFactory(make, f"test-{new_id()[:12]}")
+        yield factory
+        for transport in factory.built:
+            await transport.close()

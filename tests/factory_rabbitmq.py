@@ -1,0 +1,5 @@
+"""Conformance-suite factory for the RabbitMQ transport (filled in with the transport)."""
+
+from __future__ import annotations
+
+FACTORIES: dict = {}
