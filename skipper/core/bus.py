@@ -111,7 +111,7 @@ class Transport(ABC):
         """
         try:
             reply = await handler(msg)
-        except Exception as exc:  # noqa: BLE001 - a handler's failure must never kill a consumer
+        except Exception as exc:
             if msg.reply_to is not None:
                 err = exc if isinstance(exc, SkipperError) else RemoteError(f"{type(exc).__name__}: {exc}")
                 if not isinstance(exc, SkipperError):

@@ -26,6 +26,7 @@ class EventEmitter:
         """Record that `kind` (e.g. `task.started`) happened; fields must be JSON-able."""
         body = {"kind": kind, "source": self._source, "task_id": task_id, "at": time.time(), "fields": fields}
         try:
-            await self._bus.send(contracts.EVENTS, Message(type=contracts.EVENT, body=body, correlation_id=correlation_id))
+            msg = Message(type=contracts.EVENT, body=body, correlation_id=correlation_id)
+            await self._bus.send(contracts.EVENTS, msg)
         except Exception:  # an unreachable log sink must not fail training or serving
             log.warning("could not emit event %s", kind, exc_info=True, extra={"correlation_id": correlation_id})

@@ -1,0 +1,59 @@
+"""The composition root: settings -> transport -> repositories -> modules.
+
+Modules are named by import path so `skipper.core` never imports a module package, and a
+role loads only what it runs (the api role never imports TensorFlow).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from dependency_injector import containers, providers
+
+from skipper.core.bus import BusOptions
+from skipper.core.db import Database
+from skipper.core.events import EventEmitter
+from skipper.core.repositories import EventRepository, ModelRegistry, TaskRepository
+from skipper.core.settings import Settings
+from skipper.transports import build_transport
+
+
+def construct(path: str, **kwargs: Any) -> Any:
+    """Import `package.module.Class` on first use and build it; keeps unused modules unimported."""
+    module_name, _, attr = path.rpartition(".")
+    return getattr(importlib.import_module(module_name), attr)(**kwargs)
+
+
+def bus_options(settings: Settings) -> BusOptions:
+    bus = settings.bus
+    return BusOptions(namespace=settings.namespace, prefetch=bus.prefetch, max_retries=bus.max_retries,
+                      retry_backoff_s=bus.retry_backoff_s, retry_backoff_max_s=bus.retry_backoff_max_s,
+                      reconnect_backoff_max_s=bus.reconnect_backoff_max_s)
+
+
+class Container(containers.DeclarativeContainer):
+    settings = providers.Dependency(instance_of=Settings)
+
+    transport = providers.Singleton(build_transport, settings, providers.Callable(bus_options, settings))
+
+    # Only the api role resolves these: trainers and servers never open the database.
+    database = providers.Singleton(Database, url=settings.provided.resolved_database_url)
+    tasks = providers.Singleton(TaskRepository, database)
+    registry = providers.Singleton(ModelRegistry, database)
+    event_log = providers.Singleton(EventRepository, database)
+    artifact_store = providers.Singleton(construct, "skipper.modules.api.artifacts.ArtifactStore", root=settings.provided.artifact_dir)
+
+    api_module = providers.Singleton(
+        construct, "skipper.modules.api.ApiModule", settings=settings, bus=transport,
+        events=providers.Factory(EventEmitter, transport, "api"), tasks=tasks, registry=registry, store=artifact_store,
+    )
+    logging_module = providers.Singleton(construct, "skipper.modules.logging.LoggingModule", events=event_log, tasks=tasks)
+    training_module = providers.Singleton(
+        construct, "skipper.modules.training.TrainingModule", settings=settings, bus=transport,
+        events=providers.Factory(EventEmitter, transport, "trainer"),
+    )
+    serving_module = providers.Singleton(
+        construct, "skipper.modules.serving.ServingModule", settings=settings, bus=transport,
+        events=providers.Factory(EventEmitter, transport, "server"),
+    )

@@ -1,0 +1,1 @@
+"""Skipper's modules. Each imports only `skipper.core`, never another module."""

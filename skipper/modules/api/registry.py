@@ -1,0 +1,138 @@
+"""The api's bus side: task lifecycle from trainers, the model registry, artifacts, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from skipper.core import contracts
+from skipper.core.artifacts import sha256_of
+from skipper.core.bus import Transport
+from skipper.core.errors import ArtifactRejected, ValidationFailed
+from skipper.core.events import EventEmitter
+from skipper.core.messages import Message
+from skipper.core.repositories import ModelRegistry, ModelVersion, TaskRepository
+from skipper.modules.api.artifacts import ArtifactStore
+
+log = logging.getLogger("skipper.registry")
+
+
+class RegistryService:
+    """Answers the `registry` queue and announces production versions on `model.published`."""
+
+    def __init__(self, *, bus: Transport, events: EventEmitter, tasks: TaskRepository, registry: ModelRegistry,
+                 store: ArtifactStore, inline_max_bytes: int) -> None:
+        self._bus = bus
+        self._events = events
+        self._tasks = tasks
+        self._registry = registry
+        self._store = store
+        self._inline_max = inline_max_bytes
+        self._handlers = {
+            contracts.TASK_CLAIM: self._claim,
+            contracts.TASK_PROGRESS: self._progress,
+            contracts.TASK_FAILED: self._failed,
+            contracts.TASK_CANCEL_ACK: self._cancel_ack,
+            contracts.MODEL_ARTIFACT: self._artifact,
+            contracts.REGISTRY_PRODUCTION: self._production,
+            contracts.REGISTRY_ARTIFACT: self._artifact_bytes,
+        }
+
+    def register(self, bus: Transport) -> None:
+        bus.consume(contracts.REGISTRY, self.handle)
+        bus.consume(contracts.DEAD_LETTERS, self._dead_letter)
+
+    async def handle(self, msg: Message) -> Message | None:
+        handler = self._handlers.get(msg.type)
+        if handler is None:
+            raise ValidationFailed(f"registry does not handle messages of type {msg.type!r}")
+        return await handler(msg)
+
+    async def announce(self, version: ModelVersion, correlation_id: str | None = None) -> None:
+        """Publish a production version to every server: inline bytes when small, else a reference."""
+        headers = version.announcement()
+        body: dict[str, Any] | bytes = {"ref": True}
+        if version.size <= self._inline_max:
+            body = await asyncio.to_thread(self._store.read, version.path)
+        await self._bus.publish(contracts.MODEL_PUBLISHED, Message(
+            type=contracts.MODEL_PUBLISHED, body=body, headers=headers, correlation_id=correlation_id))
+        await self._events.emit("model.published", correlation_id=correlation_id, task_id=version.task_id,
+                                model=version.model, version=version.version, sha256=version.sha256, seq=version.seq)
+
+    # --- task lifecycle -------------------------------------------------------------------
+
+    async def _claim(self, msg: Message) -> Message:
+        task_id = msg.data["task_id"]
+        proceed = await asyncio.to_thread(self._tasks.claim, task_id)
+        if proceed and msg.data.get("attempt", 0) > 0:
+            await self._events.emit("task.retried", task_id=task_id, correlation_id=msg.correlation_id,
+                                    attempt=msg.data.get("attempt"))
+        return msg.reply({"proceed": proceed})
+
+    async def _progress(self, msg: Message) -> None:
+        data = msg.data
+        progress = {k: data[k] for k in ("epoch", "epochs", "loss", "metrics") if k in data}
+        await asyncio.to_thread(self._tasks.progress, data["task_id"], progress)
+
+    async def _failed(self, msg: Message) -> None:
+        task_id = msg.data["task_id"]
+        if await asyncio.to_thread(self._tasks.finish, task_id, "failed", error=msg.data.get("error")):
+            await self._events.emit("task.failed", task_id=task_id, correlation_id=msg.correlation_id,
+                                    error=msg.data.get("error"))
+
+    async def _cancel_ack(self, msg: Message) -> None:
+        await self._events.emit("task.cancel_acknowledged", task_id=msg.data["task_id"],
+                                correlation_id=msg.correlation_id)
+
+    async def _dead_letter(self, msg: Message) -> None:
+        report = msg.data
+        body = report.get("body") or {}
+        task_id = body.get("task_id") if isinstance(body, dict) else None
+        task_id = task_id or (report.get("headers") or {}).get("task_id")
+        await self._events.emit("message.dead_lettered", task_id=task_id, correlation_id=msg.correlation_id,
+                                queue=report.get("queue"), message_type=report.get("message_type"),
+                                attempts=report.get("attempts"), error=report.get("error"))
+        if task_id and report.get("queue") in (contracts.TRAIN, contracts.REGISTRY):
+            error = {"code": "dead_lettered", "message": f"gave up after {report.get('attempts')} attempts: "
+                     f"{report.get('error')}", "details": {"queue": report.get("queue")}}
+            if await asyncio.to_thread(self._tasks.finish, task_id, "failed", error=error):
+                await self._events.emit("task.failed", task_id=task_id, correlation_id=msg.correlation_id,
+                                        error=error)
+
+    # --- registry -------------------------------------------------------------------------
+
+    async def _artifact(self, msg: Message) -> None:
+        if not isinstance(msg.body, bytes):
+            raise ArtifactRejected("model.artifact must carry the archive as bytes")
+        headers = msg.headers
+        task_id, model, sha = headers["task_id"], headers["model"], headers["sha256"]
+        if sha256_of(msg.body) != sha:
+            # Corrupt in transit: fail the task rather than register something else.
+            error = ArtifactRejected("artifact checksum does not match", details={"model": model}).to_payload()["error"]
+            await asyncio.to_thread(self._tasks.finish, task_id, "failed", error=error)
+            return
+        task = await asyncio.to_thread(self._tasks.get, task_id)
+        if task.status in ("cancelled", "failed"):
+            log.info("dropping artifact of %s task %s", task.status, task_id, extra={"correlation_id": msg.correlation_id})
+            return
+        metadata: dict[str, Any] = headers.get("metadata") or {}
+        path = await asyncio.to_thread(self._store.put, model, sha, msg.body)
+        version, created = await asyncio.to_thread(
+            self._registry.add_version, model=model, sha256=sha, size=len(msg.body), path=str(path),
+            metrics=metadata.get("metrics") or {}, metadata=metadata, task_id=task_id,
+        )
+        result = {"model": model, "model_version": version.version, "metrics": version.metrics}
+        finished = await asyncio.to_thread(self._tasks.finish, task_id, "succeeded", result=result)
+        if created or finished:
+            await self._events.emit("task.succeeded", task_id=task_id, correlation_id=msg.correlation_id, **result)
+            await self.announce(version, msg.correlation_id)
+
+    async def _production(self, msg: Message) -> Message:
+        versions = await asyncio.to_thread(self._registry.production)
+        return msg.reply({"models": [v.announcement() for v in versions]})
+
+    async def _artifact_bytes(self, msg: Message) -> Message:
+        version = await asyncio.to_thread(self._registry.get, msg.data["model"], int(msg.data["version"]))
+        data = await asyncio.to_thread(self._store.read, version.path)
+        return msg.reply(data, headers={"sha256": version.sha256, "model": version.model, "version": version.version})

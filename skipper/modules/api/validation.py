@@ -1,0 +1,89 @@
+"""Input validation for the api: train params and prediction instances, with errors naming the field."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import ValidationError
+
+from skipper.core.errors import ValidationFailed
+from skipper.core.settings import TrainParams, Workflow
+
+
+def resolve_params(workflow: Workflow, body: Any) -> TrainParams:
+    """The workflow's default params overridden by the request's `params` object."""
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise ValidationFailed("request body must be a JSON object", details={"field": "body"})
+    unknown = set(body) - {"params"}
+    if unknown:
+        raise ValidationFailed(f"unknown field {sorted(unknown)[0]!r}; expected 'params'",
+                               details={"field": sorted(unknown)[0]})
+    overrides = body.get("params") or {}
+    if not isinstance(overrides, dict):
+        raise ValidationFailed("params must be a JSON object", details={"field": "params"})
+    merged = workflow.params.model_dump()
+    merged.update(overrides)
+    try:
+        return TrainParams.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = "params." + ".".join(str(p) for p in first["loc"])
+        raise ValidationFailed(f"{field}: {first['msg']}", details={
+            "field": field,
+            "errors": [{"field": "params." + ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                       for e in exc.errors()],
+        }) from None
+
+
+def parse_instances(body: Any, features: list[str], max_instances: int) -> list[list[float]]:
+    """Rows in schema order from `{"instances": [...]}`; each row a list or a {feature: value} object."""
+    if not isinstance(body, dict) or "instances" not in body:
+        raise ValidationFailed("request body must be an object with an 'instances' list", details={"field": "instances"})
+    instances = body["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise ValidationFailed("instances must be a non-empty list", details={"field": "instances"})
+    if len(instances) > max_instances:
+        raise ValidationFailed(f"at most {max_instances} instances per request, got {len(instances)}",
+                               details={"field": "instances", "limit": max_instances})
+    width = len(features)
+    index = {name: i for i, name in enumerate(features)}
+    rows: list[list[float]] = []
+    for i, instance in enumerate(instances):
+        if isinstance(instance, list):
+            if len(instance) != width:
+                raise ValidationFailed(f"instances[{i}] has {len(instance)} values, expected {width} ({', '.join(features)})",
+                                       details={"field": f"instances[{i}]", "expected": width, "got": len(instance)})
+            rows.append([_number(v, f"instances[{i}][{j}]") for j, v in enumerate(instance)])
+        elif isinstance(instance, dict):
+            row = [math.nan] * width
+            for name, value in instance.items():
+                j = index.get(name)
+                if j is None:
+                    raise ValidationFailed(f"instances[{i}] has unknown feature {name!r}",
+                                           details={"field": f"instances[{i}].{name}", "features": features})
+                row[j] = _number(value, f"instances[{i}].{name}")
+            missing = [features[j] for j, v in enumerate(row) if math.isnan(v)]
+            if missing:
+                raise ValidationFailed(f"instances[{i}] is missing feature {missing[0]!r}",
+                                       details={"field": f"instances[{i}].{missing[0]}", "missing": missing})
+            rows.append(row)
+        else:
+            raise ValidationFailed(f"instances[{i}] must be a list of {width} numbers or an object of features",
+                                   details={"field": f"instances[{i}]"})
+    return rows
+
+
+def _number(value: Any, field: str) -> float:
+    # bool is an int subclass; True is not a feature value.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationFailed(f"{field} must be a number, got {type(value).__name__}", details={"field": field})
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValidationFailed(f"{field} must be finite", details={"field": field})
+    return number
