@@ -8,7 +8,6 @@ import pytest
 
 from skipper.core.bus import BusOptions, Transport
 from skipper.core.messages import new_id
-
 from tests.transports import FACTORIES
 
 

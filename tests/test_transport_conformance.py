@@ -11,7 +11,6 @@ import pytest
 from skipper.core import contracts
 from skipper.core.errors import NoConsumers, RequestTimeout, ValidationFailed
 from skipper.core.messages import Message
-
 from tests.conftest import BusFactory, eventually
 
 

@@ -42,7 +42,9 @@ class Container(containers.DeclarativeContainer):
     tasks = providers.Singleton(TaskRepository, database)
     registry = providers.Singleton(ModelRegistry, database)
     event_log = providers.Singleton(EventRepository, database)
-    artifact_store = providers.Singleton(construct, "skipper.modules.api.artifacts.ArtifactStore", root=settings.provided.artifact_dir)
+    artifact_store = providers.Singleton(
+        construct, "skipper.modules.api.artifacts.ArtifactStore", root=settings.provided.artifact_dir
+    )
 
     api_module = providers.Singleton(
         construct, "skipper.modules.api.ApiModule", settings=settings, bus=transport,

@@ -1,0 +1,43 @@
+"""Running Skipper in-process for tests: a Runtime on the memory transport and an HTTP client on its app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from skipper.core.runtime import Runtime
+from skipper.core.settings import load_settings
+
+BASE = "/api/v1/skipper"
+
+
+@contextlib.asynccontextmanager
+async def running_skipper(
+    data_dir: Path, roles: frozenset[str], **overrides: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+    settings = load_settings(environ={}, overrides={"data_dir": str(data_dir), **overrides})
+    runtime = Runtime(settings, roles)
+    await runtime.start()
+    transport = httpx.ASGITransport(app=runtime.app())
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://skipper{BASE}") as client:
+            yield client, runtime
+    finally:
+        await runtime.stop()
+
+
+async def wait_for_task(client: httpx.AsyncClient, task_id: str, statuses: set[str], timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        task = (await client.get(f"/tasks/{task_id}")).json()
+        if task["status"] in statuses:
+            return task  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"task {task_id} still {task['status']} after {timeout}s: {task}")
+        await asyncio.sleep(0.1)
