@@ -1,0 +1,103 @@
+"""docker-compose.yml: the role split on one Docker host, checked against Skipper's settings and
+routes (parsed, not run: there is no Docker engine in CI)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from skipper.core.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+SERVICES: dict[str, Any] = COMPOSE["services"]
+ROLES = {"api": "api", "trainer": "trainer", "server": "server"}
+_VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def interpolate(value: str) -> str:
+    """Compose's ${VAR:-default}, with an empty .env (every default applies)."""
+    return _VARIABLE.sub(lambda m: m.group(2) or "", value)
+
+
+def environment(service: str) -> dict[str, str]:
+    env = SERVICES[service].get("environment", {})
+    assert isinstance(env, dict), f"{service}: write environment as a mapping"
+    return {k: interpolate(str(v)) for k, v in env.items()}
+
+
+def test_compose_runs_rabbitmq_postgres_and_the_three_roles() -> None:
+    assert set(SERVICES) == {"rabbitmq", "postgres", *ROLES}
+    for service, role in ROLES.items():
+        assert SERVICES[service]["command"] == [f"--role={role}"], service
+        assert SERVICES[service]["build"] == ".", f"{service}: every role runs the image of ./Dockerfile"
+    assert len({interpolate(SERVICES[s]["image"]) for s in ROLES}) == 1, "one image for every role"
+
+
+def test_two_servers_run_by_default() -> None:
+    assert SERVICES["server"]["deploy"]["replicas"] == 2
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_service_has_a_healthcheck(service: str) -> None:
+    check = SERVICES[service]["healthcheck"]
+    assert check["test"][0] in {"CMD", "CMD-SHELL"}
+    assert check.get("start_period"), f"{service}: give it time to start"
+
+
+@pytest.mark.parametrize("service", sorted(ROLES))
+def test_skipper_healthchecks_ask_the_port_skipper_listens_on(service: str) -> None:
+    settings = load_settings(environ=environment(service))
+    code = SERVICES[service]["healthcheck"]["test"][-1]
+    assert f"http://127.0.0.1:{settings.port}/api/v1/skipper/ready" in code
+    assert settings.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("service", sorted(ROLES))
+def test_skipper_environment_is_valid_skipper_settings(service: str) -> None:
+    env = environment(service)
+    settings = load_settings(environ=env)  # strict: an unknown SKIPPER_* key raises
+    assert settings.transport == "rabbitmq"
+    broker = urlsplit(settings.broker_url)
+    assert (broker.hostname, broker.port) == ("rabbitmq", 5672)
+    assert ("SKIPPER_DATABASE_URL" in env) == (service == "api"), "only the api opens the database"
+    if service == "api":
+        db = urlsplit(settings.resolved_database_url)
+        assert (db.scheme, db.hostname, db.port) == ("postgresql+psycopg", "postgres", 5432)
+
+
+@pytest.mark.parametrize("service", sorted(ROLES))
+def test_skipper_containers_have_a_read_only_root_and_writable_tmp_and_data(service: str) -> None:
+    spec = SERVICES[service]
+    assert spec["read_only"] is True
+    data_dir = str(load_settings(environ=environment(service)).data_dir)
+    writable = set(spec.get("tmpfs", [])) | {v.split(":")[1] for v in spec.get("volumes", [])}
+    assert {"/tmp", data_dir} <= writable, service
+
+
+def test_roles_start_only_after_what_they_need_is_healthy() -> None:
+    needs = {"api": {"rabbitmq", "postgres"}, "trainer": {"rabbitmq", "api"}, "server": {"rabbitmq", "api"}}
+    for service, wanted in needs.items():
+        depends = SERVICES[service]["depends_on"]
+        assert set(depends) == wanted, service
+        assert {d["condition"] for d in depends.values()} == {"service_healthy"}, service
+
+
+def test_credentials_come_from_variables_not_from_the_file() -> None:
+    # Each password is a ${VARIABLE:-dev default}: a .env file on the host replaces it.
+    for name, spec in SERVICES.items():
+        for key, value in spec.get("environment", {}).items():
+            if "PASS" in key or (key.endswith("_URL") and "@" in str(value)):
+                assert "${" in str(value), f"{name}: {key} is hard-coded"
+                assert "dev-only" in str(value) or "PASSWORD" in str(value), f"{name}: {key}"
+
+
+def test_the_api_keeps_its_artifacts_and_the_stateful_services_their_data_on_volumes() -> None:
+    assert set(COMPOSE["volumes"]) == {"rabbitmq-data", "postgres-data", "api-data"}
+    assert "api-data:/var/lib/skipper" in SERVICES["api"]["volumes"]
+    assert SERVICES["api"]["ports"] == ["8000:8000"]
