@@ -1,0 +1,295 @@
+"""The serving module: receives models by fanout, catches up from the registry, serves predictions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from skipper.core import contracts
+from skipper.core.bus import Transport
+from skipper.core.errors import ArtifactRejected, ModelNotReady, SkipperError, ValidationFailed
+from skipper.core.events import EventEmitter
+from skipper.core.messages import Message
+from skipper.core.module import Module
+from skipper.core.settings import Settings
+from skipper.modules.serving import store
+from skipper.modules.serving.batching import Batcher, rows_from_instances
+from skipper.modules.serving.predictor import Predictor, resolve_predictor
+
+log = logging.getLogger("skipper.serving")
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """One version of a model as the registry announces it (`model.published` headers)."""
+
+    model: str
+    version: int
+    sha256: str
+    size: int
+    seq: int
+    metadata: dict[str, Any]
+
+    @classmethod
+    def parse(cls, fields: dict[str, Any]) -> Release:
+        """Validate an announcement; anything malformed is an `ArtifactRejected`."""
+        try:
+            release = cls(
+                model=store.check_model_name(fields["model"]),
+                version=_int(fields["version"]),
+                sha256=str(fields["sha256"]).lower(),
+                size=_int(fields.get("size", 0)),
+                seq=_int(fields["seq"]),
+                metadata=dict(fields.get("metadata") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactRejected(f"malformed model announcement: {exc!r}") from None
+        if len(release.sha256) != 64 or any(c not in "0123456789abcdef" for c in release.sha256):
+            raise ArtifactRejected(f"malformed sha256 {release.sha256!r}")
+        return release
+
+
+@dataclass(slots=True)
+class Loaded:
+    """A model version this process serves, with its own batcher."""
+
+    release: Release
+    predictor: Predictor
+    batcher: Batcher
+    directory: Path
+
+    @property
+    def version(self) -> int:
+        return self.release.version
+
+
+class ServingModule(Module):
+    """Keeps the production version of every model loaded and answers `predict` requests."""
+
+    name = "serving"
+
+    def __init__(self, *, settings: Settings, bus: Transport, events: EventEmitter) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._events = events
+        self._models: dict[str, Loaded] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._catch_up_task: asyncio.Task[None] | None = None
+        self._catch_up_again = False
+        self._background: set[asyncio.Task[None]] = set()
+        self._ready = False
+
+    # --- Module ----------------------------------------------------------------------------
+
+    def register(self, bus: Transport) -> None:
+        serving = self._settings.serving
+        bus.subscribe(contracts.MODEL_PUBLISHED, self.on_published)
+        # Many requests in flight at once is what lets the batcher merge them.
+        bus.consume(contracts.PREDICT, self.on_predict, prefetch=max(self._settings.bus.prefetch, 2 * serving.max_batch_size))
+        bus.on_connected(self.catch_up)
+
+    async def stop(self) -> None:
+        for task in [self._catch_up_task, *self._background]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in [self._catch_up_task, *self._background] if t], return_exceptions=True)
+        for loaded in self._models.values():
+            await loaded.batcher.drained()
+            await asyncio.to_thread(store.remove, loaded.directory)
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def readiness(self) -> dict[str, Any]:
+        return {"models": {name: loaded.version for name, loaded in self._models.items()}}
+
+    def loaded(self, model: str) -> Loaded | None:
+        """What serves `model` now, if anything."""
+        return self._models.get(model)
+
+    # --- predictions ---------------------------------------------------------------------
+
+    async def on_predict(self, msg: Message) -> Message:
+        """Handle a `predict.request`: validate, join a batch, reply with this request's slice."""
+        if not isinstance(msg.body, dict):
+            raise ValidationFailed("a predict request body must be a JSON object")
+        body = msg.body
+        name = body.get("model")
+        loaded = self._models.get(name) if isinstance(name, str) else None
+        if loaded is None:
+            raise ModelNotReady(f"no version of model {name!r} is loaded on this server", details={"model": name})
+        rows = rows_from_instances(body.get("instances"), loaded.predictor.n_features)
+        try:
+            predictions = await loaded.batcher.submit(rows)
+        except SkipperError:
+            raise
+        except Exception as exc:
+            log.exception("prediction with %s v%d failed", name, loaded.version,
+                          extra={"correlation_id": msg.correlation_id})
+            await self._events.emit("predict.failed", correlation_id=msg.correlation_id, model=name,
+                                    version=loaded.version, error=f"{type(exc).__name__}: {exc}")
+            raise
+        return msg.reply({"predictions": predictions, "model": name, "model_version": loaded.version})
+
+    # --- model distribution --------------------------------------------------------------
+
+    async def on_published(self, msg: Message) -> None:
+        """A `model.published` fanout: install it unless what we serve is as recent."""
+        headers = msg.headers
+        try:
+            release = Release.parse(headers)
+            data = msg.body if isinstance(msg.body, bytes) else None
+            if data is None and msg.data.get("ref") is not True:
+                raise ArtifactRejected("announcement carries neither the artifact nor a reference to it")
+        except ArtifactRejected as exc:
+            await self._rejected(headers.get("model"), headers.get("version"), headers.get("sha256"), exc,
+                                 msg.correlation_id)
+            return
+        try:
+            await self.install(release, data, correlation_id=msg.correlation_id)
+        except ArtifactRejected:
+            pass  # reported by install; the old version keeps serving
+        except SkipperError as exc:  # registry unreachable for the bytes: the next catch-up installs it
+            log.warning("could not fetch %s v%d: %s", release.model, release.version, exc,
+                        extra={"correlation_id": msg.correlation_id})
+
+    async def install(self, release: Release, data: bytes | None = None, *, correlation_id: str | None = None) -> bool:
+        """Install `release` (fetching its bytes when `data` is None); False when not newer.
+
+        Raises `ArtifactRejected` (after emitting `model.rejected`) when it fails its checks;
+        the version already serving keeps serving.
+        """
+        async with self._locks.setdefault(release.model, asyncio.Lock()):
+            current = self._models.get(release.model)
+            if current is not None and not _supersedes(release, current.release):
+                log.info("ignoring %s v%d (seq %d): serving v%d (seq %d)", release.model, release.version,
+                         release.seq, current.version, current.release.seq, extra={"correlation_id": correlation_id})
+                return False
+            started = time.perf_counter()
+            try:
+                if release.size > self._settings.serving.max_artifact_bytes:
+                    raise ArtifactRejected(f"artifact is {release.size} bytes, over the limit",
+                                           details={"limit": self._settings.serving.max_artifact_bytes})
+                if data is None:
+                    data = await self._fetch(release, correlation_id)
+                factory = resolve_predictor(self._settings, release.model)
+                prepared = await asyncio.to_thread(
+                    store.prepare, data, name=release.model, version=release.version, sha256=release.sha256,
+                    seq=release.seq, settings=self._settings, factory=factory,
+                )
+            except ArtifactRejected as exc:
+                await self._rejected(release.model, release.version, release.sha256, exc, correlation_id)
+                raise
+            inline = self._swap(release, prepared)
+        took_ms = round((time.perf_counter() - started) * 1000, 1)
+        log.info("installed %s v%d (seq %d) in %.0f ms %s; full batch %.2f ms, run %s", release.model,
+                 release.version, release.seq, took_ms, prepared.timings, prepared.batch_ms,
+                 "inline" if inline else "in a thread", extra={"correlation_id": correlation_id})
+        await self._events.emit("model.installed", correlation_id=correlation_id, model=release.model,
+                                 version=release.version, sha256=release.sha256, took_ms=took_ms)
+        return True
+
+    def _swap(self, release: Release, prepared: store.Prepared) -> bool:
+        serving = self._settings.serving
+        inline = prepared.batch_ms <= store.INLINE_BUDGET_MS
+        batcher = Batcher(prepared.predictor.predict, max_rows=serving.max_batch_size,
+                          max_wait_ms=serving.max_wait_ms, inline=inline)
+        old = self._models.get(release.model)
+        # The swap: one reference assignment on the loop. Requests that already looked up
+        # `old` finish on it; every later lookup sees the new version.
+        self._models[release.model] = Loaded(release, prepared.predictor, batcher, prepared.directory)
+        if old is not None:
+            self._spawn(self._retire(old))
+        return inline
+
+    async def _retire(self, old: Loaded) -> None:
+        await old.batcher.drained()
+        await asyncio.to_thread(store.remove, old.directory)
+        del old
+        await asyncio.to_thread(store.recollect)
+
+    async def _fetch(self, release: Release, correlation_id: str | None) -> bytes:
+        request = Message(type=contracts.REGISTRY_ARTIFACT, body={"model": release.model, "version": release.version},
+                          correlation_id=correlation_id)
+        reply = await self._bus.request(contracts.REGISTRY, request, timeout=self._settings.serving.catch_up_timeout_s)
+        if not isinstance(reply.body, bytes):
+            raise ArtifactRejected("the registry answered an artifact request without bytes")
+        return reply.body
+
+    async def _rejected(self, model: object, version: object, sha256: object, exc: ArtifactRejected,
+                        correlation_id: str | None) -> None:
+        log.error("rejected %s v%s: %s", model, version, exc.message, extra={"correlation_id": correlation_id})
+        await self._events.emit("model.rejected", correlation_id=correlation_id, model=str(model),
+                                version=version if isinstance(version, int) else None,
+                                sha256=str(sha256), reason=exc.message)
+
+    # --- catch-up ------------------------------------------------------------------------
+
+    async def catch_up(self) -> None:
+        """Connection listener: reconcile with the registry in the background (never blocks start)."""
+        if self._catch_up_task is not None and not self._catch_up_task.done():
+            self._catch_up_again = True  # reconnected mid catch-up: go round once more
+            return
+        self._catch_up_task = asyncio.create_task(self._catch_up_loop(), name="skipper.serving.catch_up")
+
+    async def _catch_up_loop(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._catch_up_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = min(self._settings.bus.retry_backoff_s * 2**attempt, self._settings.bus.reconnect_backoff_max_s)
+                # Loud at first, then one line in ten while the registry stays away.
+                level = logging.WARNING if attempt < 3 or attempt % 10 == 0 else logging.DEBUG
+                log.log(level, "catch-up failed (%s), retrying in %.2fs", exc, delay,
+                        exc_info=not isinstance(exc, SkipperError))
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            self._ready = True
+            if not self._catch_up_again:
+                return
+            self._catch_up_again, attempt = False, 0
+
+    async def _catch_up_once(self) -> None:
+        request = Message(type=contracts.REGISTRY_PRODUCTION, body={})
+        reply = await self._bus.request(contracts.REGISTRY, request, timeout=self._settings.bus.request_timeout_s)
+        entries = reply.data.get("models")
+        if not isinstance(entries, list):
+            raise ValidationFailed("registry.production reply lacks a 'models' list")
+        for entry in entries:
+            try:
+                release = Release.parse(entry if isinstance(entry, dict) else {})
+            except ArtifactRejected as exc:
+                fields = entry if isinstance(entry, dict) else {}
+                await self._rejected(fields.get("model"), fields.get("version"), fields.get("sha256"), exc,
+                                     request.correlation_id)
+                continue
+            try:
+                await self.install(release, correlation_id=request.correlation_id)
+            except ArtifactRejected:
+                continue  # retrying won't change a bad artifact: serve the rest and stay ready
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _supersedes(new: Release, current: Release) -> bool:
+    """Deployment order is `seq` (a rollback is an older version with a newer seq)."""
+    if new.seq != current.seq:
+        return new.seq > current.seq
+    return new.sha256 != current.sha256
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError("expected an integer, got a boolean")
+    return int(value)
