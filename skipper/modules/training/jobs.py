@@ -1,0 +1,77 @@
+"""The contract between the training module and a trainer (the built-in Keras one or a user's).
+
+A workflow names its trainer by import path (`package.module:function`). The function takes
+a `TrainJob` and returns a `TrainResult`; it runs in a worker thread and may block. It saves
+the model to `job.model_path`, calls `job.report_epoch` after every epoch, and stops early
+(returning `cancelled=True`) once `job.stop_requested()` is true.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from skipper.core.errors import ConfigError
+from skipper.core.settings import TrainParams, Workflow
+
+
+@dataclass(frozen=True, slots=True)
+class EpochReport:
+    """Progress after one epoch; `epoch` is 1-based."""
+
+    epoch: int
+    epochs: int
+    loss: float | None
+    metrics: dict[str, float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class TrainJob:
+    """Everything a trainer needs for one task."""
+
+    task_id: str
+    workflow_name: str
+    workflow: Workflow
+    params: TrainParams
+    data_dir: Path
+    model_path: Path  # where the trainer saves the Keras model (`model.save(model_path)`)
+    report_epoch: Callable[[EpochReport], None]
+    stop_requested: Callable[[], bool]
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """What a trainer produced: the schema the model serves, and its held-out metrics."""
+
+    features: list[str]
+    targets: list[str]
+    classes: list[str] | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    cancelled: bool = False
+
+
+Trainer = Callable[[TrainJob], TrainResult]
+
+
+def resolve_trainer(path: str) -> Trainer:
+    """The callable named `package.module:attribute`; a `ConfigError` naming it when it isn't there."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"trainer {path!r} must look like 'package.module:function'", details={"trainer": path})
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import trainer module {module_name!r}: {exc}", details={"trainer": path}) from None
+    target: Any = module
+    for part in attr.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ConfigError(f"trainer {path!r} not found: {module_name} has no {attr!r}", details={"trainer": path})
+    if not callable(target):
+        raise ConfigError(f"trainer {path!r} is not callable", details={"trainer": path})
+    trainer: Trainer = target
+    return trainer
