@@ -1,0 +1,321 @@
+"""The training module: consumes train commands, trains in worker threads, reports to the registry.
+
+Per command: claim the task from the registry (it may have been cancelled or already done),
+train in a thread this module owns (never on the event loop), send progress every epoch,
+then either the packaged artifact, a cancel acknowledgement, or a failure. Deterministic
+failures (`SkipperError`: bad data, bad params, divergence) are reported once; anything else
+is raised so the bus retries the command and finally dead-letters it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from skipper.core import artifacts, contracts
+from skipper.core.bus import Transport
+from skipper.core.errors import NotFound, SkipperError, Unavailable, ValidationFailed
+from skipper.core.events import EventEmitter
+from skipper.core.messages import Message
+from skipper.core.module import Module
+from skipper.core.settings import Settings, TrainingSettings, TrainParams, Workflow
+from skipper.modules.training import packaging
+from skipper.modules.training.jobs import EpochReport, TrainJob, resolve_trainer
+
+log = logging.getLogger("skipper.training")
+
+_tf_lock = threading.Lock()
+_tf_configured = False
+
+
+def configure_tensorflow(training: TrainingSettings) -> None:
+    """Apply the TensorFlow thread-pool sizes once per process, before TensorFlow initialises.
+
+    Runs in a worker thread (it imports TensorFlow). Too late (TensorFlow already running,
+    e.g. the serving module loaded a model first) is logged, not fatal.
+    """
+    global _tf_configured
+    if training.tf_intra_op_threads <= 0 and training.tf_inter_op_threads <= 0:
+        return
+    with _tf_lock:
+        if _tf_configured:
+            return
+        _tf_configured = True
+        try:
+            import tensorflow as tf
+
+            if training.tf_intra_op_threads > 0:
+                tf.config.threading.set_intra_op_parallelism_threads(training.tf_intra_op_threads)
+            if training.tf_inter_op_threads > 0:
+                tf.config.threading.set_inter_op_parallelism_threads(training.tf_inter_op_threads)
+        except Exception:  # an initializer that raises would break the whole pool
+            log.warning("could not set TensorFlow thread counts", exc_info=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Packaged:
+    archive: bytes
+    sha256: str
+    metadata: dict[str, Any]
+
+
+class TrainingModule(Module):
+    """Runs train commands from the `train` queue, `settings.training.concurrency` at a time."""
+
+    name = "training"
+
+    def __init__(self, *, settings: Settings, bus: Transport, events: EventEmitter) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._events = events
+        self._concurrency = settings.training.concurrency
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._concurrency,
+            thread_name_prefix="skipper-train",
+            initializer=configure_tensorflow,
+            initargs=(settings.training,),
+        )
+        self._running: dict[str, threading.Event] = {}  # task id -> its stop signal
+        self._stopping = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def register(self, bus: Transport) -> None:
+        # prefetch == threads: a command taken off the queue always has a thread to run on.
+        bus.consume(contracts.TRAIN, self._on_train, prefetch=self._concurrency)
+        bus.subscribe(contracts.TASK_CANCELLED, self._on_cancel)
+
+    async def stop(self) -> None:
+        """Interrupt running trainings at their next batch; their commands go back to the bus."""
+        self._stopping = True
+        for stop in self._running.values():
+            stop.set()
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+
+    def ready(self) -> bool:
+        return not self._stopping
+
+    def readiness(self) -> dict[str, Any]:
+        return {"training": {"running": sorted(self._running), "concurrency": self._concurrency}}
+
+    # --- handlers -----------------------------------------------------------------------------
+
+    async def _on_cancel(self, msg: Message) -> Message | None:
+        task_id = msg.data.get("task_id") if isinstance(msg.body, dict) else None
+        stop = self._running.get(task_id) if isinstance(task_id, str) else None
+        if stop is not None:
+            log.info("cancelling task %s", task_id, extra={"correlation_id": msg.correlation_id})
+            stop.set()
+        return None
+
+    async def _on_train(self, msg: Message) -> Message | None:
+        body = msg.body if isinstance(msg.body, dict) else {}
+        task_id = body.get("task_id")
+        if not isinstance(task_id, str) or not task_id:
+            # Nothing to report against and a retry cannot help: drop it, loudly.
+            log.error("dropping a train command without a task_id (%s)", msg.id, extra={"correlation_id": msg.correlation_id})
+            return None
+        cid = msg.correlation_id or task_id
+        extra = {"correlation_id": cid}
+        if self._stopping:
+            raise Unavailable("the trainer is stopping; the command goes back to the queue")
+        if task_id in self._running:
+            log.warning("task %s is already training here; dropping the duplicate", task_id, extra=extra)
+            return None
+        # Registered before the claim, so a cancel that races the claim is not lost.
+        stop = threading.Event()
+        self._running[task_id] = stop
+        try:
+            claim = Message(
+                type=contracts.TASK_CLAIM,
+                body={"task_id": task_id, "attempt": msg.attempt, "redelivered": msg.attempt > 0},
+                correlation_id=cid,
+            )
+            reply = await self._bus.request(contracts.REGISTRY, claim, timeout=self._settings.bus.request_timeout_s)
+            if not reply.data.get("proceed"):
+                log.info("task %s is not to run (cancelled or finished); skipping", task_id, extra=extra)
+                return None
+            await self._train(task_id, cid, body, msg.attempt, stop)
+            return None
+        finally:
+            self._running.pop(task_id, None)
+
+    async def _train(self, task_id: str, cid: str, body: dict[str, Any], attempt: int, stop: threading.Event) -> None:
+        extra = {"correlation_id": cid}
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            workflow_name, workflow, params = self._resolve(body)
+            await self._events.emit(
+                "task.started",
+                task_id=task_id,
+                correlation_id=cid,
+                workflow=workflow_name,
+                model=workflow.model,
+                attempt=attempt,
+                epochs=params.epochs,
+            )
+            log.info("training task %s (workflow %s, attempt %d)", task_id, workflow_name, attempt + 1, extra=extra)
+            packaged = await loop.run_in_executor(
+                self._executor, self._run, loop, task_id, cid, workflow_name, workflow, params, stop
+            )
+        except SkipperError as exc:  # deterministic: report once, never retry
+            await self._fail(task_id, cid, exc)
+            return
+
+        if packaged is None or stop.is_set():
+            if self._stopping:
+                # Not a user's cancel: raise so the bus hands the command to another trainer.
+                raise Unavailable("the trainer stopped during the task; it will run again")
+            log.info("task %s cancelled", task_id, extra=extra)
+            await self._bus.send(
+                contracts.REGISTRY,
+                Message(type=contracts.TASK_CANCEL_ACK, body={"task_id": task_id}, correlation_id=cid),
+            )
+            await self._events.emit("task.cancelled", task_id=task_id, correlation_id=cid)
+            return
+
+        headers = {
+            "task_id": task_id,
+            "model": workflow.model,
+            "sha256": packaged.sha256,
+            "metadata": packaged.metadata,
+        }
+        await self._bus.send(
+            contracts.REGISTRY,
+            Message(type=contracts.MODEL_ARTIFACT, body=packaged.archive, headers=headers, correlation_id=cid),
+        )
+        duration = round(time.monotonic() - started, 3)
+        log.info(
+            "task %s trained %s in %.1fs: %s (%d bytes, sha256 %s)",
+            task_id,
+            workflow.model,
+            duration,
+            packaged.metadata["metrics"],
+            len(packaged.archive),
+            packaged.sha256,
+            extra=extra,
+        )
+        await self._events.emit(
+            "task.trained",
+            task_id=task_id,
+            correlation_id=cid,
+            model=workflow.model,
+            sha256=packaged.sha256,
+            bytes=len(packaged.archive),
+            metrics=packaged.metadata["metrics"],
+            duration_s=duration,
+        )
+
+    def _resolve(self, body: dict[str, Any]) -> tuple[str, Workflow, TrainParams]:
+        name = body.get("workflow")
+        workflow = self._settings.workflows.get(name) if isinstance(name, str) else None
+        if workflow is None or not isinstance(name, str):
+            raise NotFound(f"unknown workflow {name!r}", details={"workflow": name})
+        given = body.get("params") or {}
+        if not isinstance(given, dict):
+            raise ValidationFailed("params must be an object", details={"params": given})
+        try:
+            # The api sends fully resolved params; merging onto the defaults also accepts a partial set.
+            params = TrainParams.model_validate({**workflow.params.model_dump(), **given})
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False)
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+            raise ValidationFailed(f"invalid params: {problems}", details={"errors": errors}) from None
+        return name, workflow, params
+
+    async def _fail(self, task_id: str, cid: str, exc: SkipperError) -> None:
+        error = exc.to_payload()["error"]
+        log.warning("task %s failed: %s", task_id, exc.message, extra={"correlation_id": cid})
+        await self._bus.send(
+            contracts.REGISTRY,
+            Message(type=contracts.TASK_FAILED, body={"task_id": task_id, "error": error}, correlation_id=cid),
+        )
+        await self._events.emit("task.failed", task_id=task_id, correlation_id=cid, error=error)
+
+    # --- the worker thread --------------------------------------------------------------------
+
+    def _run(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        task_id: str,
+        cid: str,
+        workflow_name: str,
+        workflow: Workflow,
+        params: TrainParams,
+        stop: threading.Event,
+    ) -> _Packaged | None:
+        """Train and package (blocking). None when the task was cancelled."""
+        trainer = resolve_trainer(workflow.trainer)
+
+        def report_epoch(report: EpochReport) -> None:
+            # Wait for the send: keeps progress in order and ahead of the artifact, and slows a
+            # trainer down rather than queueing unboundedly when the bus is slow.
+            future = None
+            try:
+                future = asyncio.run_coroutine_threadsafe(self._progress(task_id, cid, report), loop)
+                future.result(timeout=self._settings.bus.request_timeout_s)
+            except Exception:  # progress is best-effort (the artifact is what counts); loop may be closing
+                if future is not None:
+                    future.cancel()
+                log.warning("could not report progress of task %s", task_id, exc_info=True, extra={"correlation_id": cid})
+
+        with tempfile.TemporaryDirectory(prefix="skipper-train-") as tmp:
+            model_path = Path(tmp) / artifacts.MODEL_FILE
+            job = TrainJob(
+                task_id=task_id,
+                workflow_name=workflow_name,
+                workflow=workflow,
+                params=params,
+                data_dir=self._settings.data_dir,
+                model_path=model_path,
+                report_epoch=report_epoch,
+                stop_requested=stop.is_set,
+                correlation_id=cid,
+            )
+            result = trainer(job)
+            if result.cancelled or stop.is_set():
+                return None
+            if not model_path.is_file():
+                raise RuntimeError(f"trainer {workflow.trainer} returned without saving the model to {model_path}")
+            metadata = packaging.build_metadata(
+                name=workflow.model,
+                workflow=workflow_name,
+                kind=workflow.kind,
+                features=result.features,
+                targets=result.targets,
+                classes=result.classes,
+                metrics=result.metrics,
+                params=params.model_dump(mode="json"),
+                task_id=task_id,
+            )
+            archive, sha256, metadata = packaging.package(model_path, metadata)
+        return _Packaged(archive, sha256, metadata)
+
+    async def _progress(self, task_id: str, cid: str, report: EpochReport) -> None:
+        body = {
+            "task_id": task_id,
+            "epoch": report.epoch,
+            "epochs": report.epochs,
+            "loss": report.loss,
+            "metrics": dict(report.metrics),
+        }
+        await self._bus.send(contracts.REGISTRY, Message(type=contracts.TASK_PROGRESS, body=body, correlation_id=cid))
+        await self._events.emit(
+            "task.progress",
+            task_id=task_id,
+            correlation_id=cid,
+            epoch=report.epoch,
+            epochs=report.epochs,
+            loss=report.loss,
+            metrics=dict(report.metrics),
+        )
