@@ -17,8 +17,12 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+
+_SCHEMA_LOCK_KEY = 0x5C1BBE2  # any constant shared by every Skipper process
 
 
 def utcnow() -> dt.datetime:
@@ -100,7 +104,11 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Replicas starting together on a fresh database would race on CREATE TABLE.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            Base.metadata.create_all(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -1,0 +1,238 @@
+"""Predict throughput and latency over HTTP, Skipper beside a bare endpoint, in one run.
+
+Starts each deployment as real processes, trains `diabetes` through its API, then drives
+`POST /models/diabetes/predict` with wrk (a separate load generator, not a Python client
+competing for the same cores) at each concurrency, and prints a table with ratios to the
+bare endpoint measured in the same run. Machines are shared and noisy: compare ratios.
+
+    python benchmarks/predict.py                         # memory + bare
+    python benchmarks/predict.py --variants memory,rabbitmq,rabbitmq-2,bare --duration 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = "/api/v1/skipper"
+ROW = [0.038, 0.050, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017]
+BROKERS = {
+    "rabbitmq": ("rabbitmq", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+    "dramatiq-rabbitmq": ("dramatiq", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+    "dramatiq-redis": ("dramatiq", "redis://127.0.0.1:6379/14"),
+}
+
+
+@dataclass
+class Result:
+    variant: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http(method: str, url: str, body: object | None = None, timeout: float = 10) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_http(url: str, timeout: float = 120, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        with contextlib.suppress(OSError):
+            if http("GET", url, timeout=2)[0] == 200:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+class Processes:
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self.logdir / f"{name}.log").open("wb")
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**os.environ, **env}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs.clear()
+
+
+def skipper(procs: Processes, name: str, role: str, env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes]]:
+    port = free_port()
+    proc = procs.start(name, ["-m", "skipper", f"--role={role}", f"--port={port}"], env)
+    url = f"http://127.0.0.1:{port}{BASE}"
+    wait_http(f"{url}/health", proc=proc)
+    return url, proc
+
+
+def train(api: str, server_ready_urls: list[str], epochs: int) -> None:
+    status, body = http("POST", f"{api}/workflows/diabetes/train", {"params": {"epochs": epochs}})
+    assert status == 202, body
+    task_id = json.loads(body)["task_id"]
+    deadline = time.monotonic() + 300
+    while True:
+        task = json.loads(http("GET", f"{api}/tasks/{task_id}")[1])
+        if task["status"] == "succeeded":
+            break
+        if task["status"] in ("failed", "cancelled") or time.monotonic() > deadline:
+            raise RuntimeError(f"training did not succeed: {task}")
+        time.sleep(0.5)
+    version = task["result"]["model_version"]
+    for ready in server_ready_urls:
+        while json.loads(http("GET", ready)[1]).get("models", {}).get("diabetes") != version:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{ready} never served version {version}")
+            time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def deployment(variant: str, procs: Processes, workdir: Path, epochs: int, artifact: Path) -> Iterator[str]:
+    """Start one variant; yield the predict URL. `artifact` is written by the first Skipper variant."""
+    data_dir = workdir / variant
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    env = {"SKIPPER_DATA_DIR": str(data_dir), "SKIPPER_LOG_LEVEL": "WARNING", "SKIPPER_NAMESPACE": namespace}
+    try:
+        if variant == "bare":
+            port = free_port()
+            proc = procs.start("bare", [str(ROOT / "benchmarks" / "bare_endpoint.py"), "--artifact", str(artifact),
+                                        f"--port={port}"], {})
+            wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
+            yield f"http://127.0.0.1:{port}/predict"
+            return
+        if variant == "memory":
+            api, _ = skipper(procs, variant, "all", env)
+            train(api, [f"{api}/ready"], epochs)
+        else:
+            broker, servers = variant.rsplit("-", 1) if variant[-1].isdigit() else (variant, "1")
+            transport, url = BROKERS[broker]
+            env |= {"SKIPPER_TRANSPORT": transport, "SKIPPER_BROKER_URL": url}
+            api, _ = skipper(procs, f"{variant}-api", "api", env)
+            _, trainer = skipper(procs, f"{variant}-trainer", "trainer", env)
+            ready = [f"{skipper(procs, f'{variant}-server{i}', 'server', env)[0]}/ready" for i in range(int(servers))]
+            train(api, ready, epochs)
+            trainer.send_signal(signal.SIGTERM)  # its work is done: free its core for the measurement
+        if not artifact.exists():
+            status, data = http("GET", f"{api}/models/diabetes/versions/1/artifact")
+            assert status == 200
+            artifact.write_bytes(data)
+        yield f"{api}/models/diabetes/predict"
+    finally:
+        procs.stop_all()
+
+
+LATENCY = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+
+
+def run_wrk(url: str, concurrency: int, duration: int, lua: Path) -> tuple[float, float, float, int]:
+    # Warm up, then measure.
+    subprocess.run(["wrk", "-t1", f"-c{concurrency}", "-d1s", "-s", str(lua), url], capture_output=True, check=True)
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(lua), url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    lat = {int(p): float(v) * scale[u] for p, v, u in LATENCY.findall(out)}
+    errors = 0
+    if m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
+        errors += int(m.group(1))
+    if m := re.search(r"Socket errors:.*?timeout (\d+)", out):
+        errors += int(m.group(1))
+    return rps, lat.get(50, float("nan")), lat.get(99, float("nan")), errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="memory,bare",
+                        help="comma-separated: memory, rabbitmq, rabbitmq-2, dramatiq-rabbitmq, dramatiq-redis, bare")
+    parser.add_argument("--concurrency", default="1,8,64")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=1, help="instances per request")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is required: apt-get install wrk")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    # The bare endpoint needs an artifact: let a Skipper variant train it first.
+    variants.sort(key=lambda v: v == "bare")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    workdir = Path(tempfile.mkdtemp(prefix="skipper-bench-"))
+    artifact = workdir / "diabetes.tar.gz"
+    lua = workdir / "post.lua"
+    body = json.dumps({"instances": [ROW] * args.rows})
+    lua.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n')
+    procs = Processes(workdir)
+    results: list[Result] = []
+    try:
+        for variant in variants:
+            with deployment(variant, procs, workdir, args.epochs, artifact) as url:
+                status, reply = http("POST", url, json.loads(body))
+                assert status == 200, reply
+                for c in levels:
+                    rps, p50, p99, errors = run_wrk(url, c, args.duration, lua)
+                    results.append(Result(variant, c, rps, p50, p99, errors))
+                    print(f"  {variant:<18} c={c:<3} {rps:>9.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:7.2f} ms"
+                          f"  errors {errors}", file=sys.stderr, flush=True)
+    finally:
+        procs.stop_all()
+    print_table(results, levels)
+    print(f"\nlogs: {workdir}")
+
+
+def print_table(results: list[Result], levels: list[int]) -> None:
+    bare = {r.concurrency: r for r in results if r.variant == "bare"}
+    print("\n| variant | concurrency | req/s | p50 ms | p99 ms | errors | req/s vs bare | p50 vs bare |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        b = bare.get(r.concurrency)
+        ratio_rps = f"{r.rps / b.rps:.2f}x" if b else "-"
+        ratio_p50 = f"{r.p50_ms / b.p50_ms:.2f}x" if b else "-"
+        print(f"| {r.variant} | {r.concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | "
+              f"{ratio_rps} | {ratio_p50} |")
+
+
+if __name__ == "__main__":
+    main()
