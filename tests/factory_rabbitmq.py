@@ -12,7 +12,6 @@ import pika.exceptions
 from skipper.core.bus import BusOptions, Transport
 from skipper.core.settings import BusSettings
 from skipper.transports.rabbitmq import RabbitMQTransport
-
 from tests.services import RABBITMQ_URL, require_rabbitmq
 
 MakeTransport = Callable[[BusOptions], Transport]

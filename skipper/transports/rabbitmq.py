@@ -395,6 +395,7 @@ class RabbitMQTransport(Transport):
         self._reconnect_task: asyncio.Task[None] | None = None
         self._close_task: asyncio.Future[None] | None = None
         self._started = False
+        self._connecting = False
         self._closing = False
         self._objects: set[tuple[str, str]] = set()
 
@@ -544,7 +545,14 @@ class RabbitMQTransport(Transport):
         return link
 
     async def _connect(self) -> None:
-        """Open a connection and set up everything on it; `self._link` only when complete."""
+        """Open a connection and set up everything on it (one attempt; callers retry)."""
+        self._connecting = True
+        try:
+            await self._connect_once()
+        finally:
+            self._connecting = False
+
+    async def _connect_once(self) -> None:
         link = await self._open_link()
         try:
             link.publisher = publisher = await self._open_channel(link, essential=True)
@@ -552,6 +560,11 @@ class RabbitMQTransport(Transport):
             link.rpc = rpc = await self._open_channel(link, essential=True)
             rpc.raw.add_on_return_callback(self._on_return)
             await self._rpc(rpc, lambda cb: rpc.raw.basic_consume(REPLY_TO, self._on_reply, auto_ack=True, callback=cb))
+            if self._closing:
+                raise Unavailable("transport closed while connecting")
+            # Usable from here on: a handler that runs as soon as its consumer starts (a
+            # message was waiting) may already send, reply, retry and dead-letter.
+            self._link = link
             # Index loops: a consumer registered while we connect is picked up here.
             i = 0
             while i < len(self._consumers):
@@ -562,12 +575,10 @@ class RabbitMQTransport(Transport):
                 await self._start_subscriber(link, self._subscribers[i])
                 i += 1
         except BaseException:
+            if self._link is link:
+                self._link = None  # the caller retries; no second reconnect from on-close
             link.abort()
             raise
-        if self._closing:
-            link.abort()
-            raise Unavailable("transport closed while connecting")
-        self._link = link
         log.info("connected to RabbitMQ as %s", self.connection_name)
 
     def _on_link_closed(self, link: _Link, reason: BaseException) -> None:
@@ -578,8 +589,8 @@ class RabbitMQTransport(Transport):
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(lost)
-        if self._closing:
-            return
+        if self._closing or self._connecting:
+            return  # closing on purpose, or lost while still setting up: that attempt's caller retries
         log.warning("lost the connection to RabbitMQ (%r); reconnecting", reason)
         assert self._loop is not None
         self._reconnect_task = self._loop.create_task(self._reconnect())
@@ -868,9 +879,7 @@ class RabbitMQTransport(Transport):
         await self._declare_exchange(link, exchange)
         channel = await self._open_channel(link, essential=True)
         await self._rpc(channel, lambda cb: channel.raw.basic_qos(prefetch_count=self.options.prefetch, callback=cb))
-        frame = await self._rpc(
-            channel, lambda cb: channel.raw.queue_declare("", exclusive=True, auto_delete=True, callback=cb)
-        )
+        frame = await self._rpc(channel, lambda cb: channel.raw.queue_declare("", exclusive=True, auto_delete=True, callback=cb))
         queue = frame.method.queue
         await self._rpc(channel, lambda cb: channel.raw.queue_bind(queue, exchange, callback=cb))
         tag = f"skipper.{uuid.uuid4().hex[:16]}"
@@ -936,7 +945,10 @@ class RabbitMQTransport(Transport):
             else:
                 log.warning(
                     "message %s on %s was redelivered (its consumer stopped before acking); requeued as attempt %d",
-                    msg.id, queue, msg.attempt + 1, extra={"correlation_id": msg.correlation_id},
+                    msg.id,
+                    queue,
+                    msg.attempt + 1,
+                    extra={"correlation_id": msg.correlation_id},
                 )
                 await self._settle(channel, tag, self._retry(queue, msg, 0.0))
             return
@@ -1020,7 +1032,5 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
 def _expire(fut: asyncio.Future[Message], queue: str, timeout: float) -> None:
     if not fut.done():
         fut.set_exception(
-            RequestTimeout(
-                f"no reply from {queue!r} within {timeout:g}s", details={"queue": queue, "timeout_s": timeout}
-            )
+            RequestTimeout(f"no reply from {queue!r} within {timeout:g}s", details={"queue": queue, "timeout_s": timeout})
         )
