@@ -273,6 +273,6 @@ class EventRepository:
         if kind:
             query = query.where(EventRow.kind == kind)
         with self._db.sessions() as s:
-            rows = s.scalars(query.order_by(EventRow.id).limit(limit).offset(offset))
+            rows = s.scalars(query.order_by(EventRow.at, EventRow.id).limit(limit).offset(offset))
             return [{"id": r.id, "at": _iso(r.at), "kind": r.kind, "source": r.source, "task_id": r.task_id,
                      "correlation_id": r.correlation_id, "fields": r.fields} for r in rows]
