@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pika
-import pika.exceptions
 import redis
 
 from skipper.core.bus import BusOptions, Transport
@@ -21,37 +20,25 @@ MakeTransport = Callable[[BusOptions], Transport]
 URLS = {"rabbitmq": RABBITMQ_URL, "redis": REDIS_URL}
 
 
-@contextlib.asynccontextmanager
-async def dramatiq_factory(
-    broker: str, *, settings: BusSettings | None = None, **transport_kwargs: Any
-) -> AsyncIterator[Callable[[BusOptions], DramatiqTransport]]:
-    """Yield `make(options)`: a new transport per call (a separate "process") on `broker`.
-
-    On exit, deletes what the transports left on the broker: their queues and exchanges
-    (RabbitMQ) or every key under their namespaces (Redis).
-    """
+def require(broker: str) -> None:
+    """Skip locally (fail in CI) when `broker` is not running."""
     (require_rabbitmq if broker == "rabbitmq" else require_redis)()
-    built: list[DramatiqTransport] = []
 
-    def make(options: BusOptions) -> DramatiqTransport:
-        transport = DramatiqTransport(
-            options,
-            url=URLS[broker],
-            settings=settings or BusSettings(),
-            **{"poll_interval_s": 0.05, **transport_kwargs},
-        )
-        built.append(transport)
-        return transport
 
-    try:
-        yield make
-    finally:
-        for transport in built:
-            await transport.close()
-        if broker == "rabbitmq":
-            await asyncio.to_thread(_delete_amqp_objects, built)
-        else:
-            await asyncio.to_thread(_delete_redis_keys, {t.options.namespace for t in built})
+def build(broker: str, options: BusOptions, *, settings: BusSettings | None = None, **kwargs: Any) -> DramatiqTransport:
+    """A transport on the test broker; idle threads wake every 50 ms so tests close quickly."""
+    kwargs.setdefault("poll_interval_s", 0.05)
+    return DramatiqTransport(options, url=URLS[broker], settings=settings or BusSettings(), **kwargs)
+
+
+async def close_and_clean(broker: str, built: list[DramatiqTransport]) -> None:
+    """Close `built`, then delete their queues and exchanges (RabbitMQ) or their namespaces' keys (Redis)."""
+    for transport in built:
+        await transport.close()
+    if broker == "rabbitmq":
+        await asyncio.to_thread(_delete_amqp_objects, built)
+    else:
+        await asyncio.to_thread(_delete_redis_keys, {t.options.namespace for t in built})
 
 
 def _delete_amqp_objects(built: list[DramatiqTransport]) -> None:
@@ -84,8 +71,20 @@ def _delete_redis_keys(namespaces: set[str]) -> None:
 
 
 def _factory(broker: str) -> Callable[[], contextlib.AbstractAsyncContextManager[MakeTransport]]:
-    def factory() -> contextlib.AbstractAsyncContextManager[MakeTransport]:
-        return dramatiq_factory(broker)
+    @contextlib.asynccontextmanager
+    async def factory() -> AsyncIterator[MakeTransport]:
+        require(broker)
+        built: list[DramatiqTransport] = []
+
+        def make(options: BusOptions) -> Transport:
+            # A new transport per call: each is a separate "process" with its own broker and worker.
+            built.append(build(broker, options))
+            return built[-1]
+
+        try:
+            yield make
+        finally:
+            await close_and_clean(broker, built)
 
     return factory
 

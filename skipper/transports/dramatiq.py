@@ -118,14 +118,21 @@ class SkipperEncoder(Encoder):
         pos += 8
         head = self.inner.decode(bytes(view[pos : pos + head_len]))
         pos += head_len
-        blobs = []
+        blobs: list[bytes] = []
         for _ in range(count):
             (size,) = struct.unpack_from(">Q", view, pos)
             pos += 8
-            blobs.append(bytes(view[pos : pos + size]))
+            blobs.append(_Blob(view[pos : pos + size]))
             pos += size
         restored: dict[str, Any] = _restore(head, blobs)
         return restored
+
+
+class _Blob(bytes):
+    """Decoded raw bytes whose repr stays short: Dramatiq logs a failed message with its arguments."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} bytes>"
 
 
 def _stash(value: Any, blobs: list[bytes]) -> Any:
@@ -177,9 +184,10 @@ def _envelope(msg: Message) -> dict[str, Any]:
 
 
 def _from_envelope(env: dict[str, Any], attempt: int) -> Message:
+    body = env.get("body", {})
     return Message(
         type=str(env.get("type", "")),
-        body=env.get("body", {}),
+        body=bytes(body) if isinstance(body, bytes) else body,
         headers=dict(env.get("headers") or {}),
         id=str(env.get("id") or new_id()),
         correlation_id=env.get("correlation_id"),
@@ -649,6 +657,7 @@ class _AmqpSide:
         self._t = transport
         self._params = pika.URLParameters(url)
         self._params.heartbeat = transport.settings.heartbeat_s
+        self._params.client_properties = {"connection_name": f"skipper-dramatiq:{transport.options.namespace}"}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._conn: Any = None
@@ -858,7 +867,9 @@ class _RedisSide:
 
     def __init__(self, transport: DramatiqTransport, url: str) -> None:
         self._t = transport
-        self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url)
+        self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+            url, client_name=f"skipper-dramatiq:{transport.options.namespace}"
+        )
         self._prefix = f"skipper:{transport.options.namespace}"
         self._me = new_id()
         self._reply_channel = f"{self._prefix}:reply:{self._me}"

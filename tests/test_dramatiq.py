@@ -1,0 +1,305 @@
+"""What the Dramatiq transport adds to the conformance suite: Dramatiq's middleware configured
+from Skipper's settings, dead-lettering, and redelivery when a worker dies; on both brokers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import dramatiq.broker
+import pytest
+import redis
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.middleware import Retries
+
+from skipper.core import contracts
+from skipper.core.bus import BusOptions
+from skipper.core.errors import ConfigError, NoConsumers
+from skipper.core.messages import Message, new_id
+from skipper.core.settings import BusSettings
+from skipper.transports.dramatiq import DramatiqTransport, SkipperEncoder
+from tests.conftest import eventually
+from tests.factory_dramatiq import URLS, build, close_and_clean, require
+from tests.services import REDIS_URL
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Make(Protocol):
+    namespace: str
+
+    def __call__(self, *, settings: BusSettings | None = None, **options: Any) -> DramatiqTransport: ...
+
+
+class _Make:
+    """Builds transports on one test namespace (each a separate "process"); cleans up after."""
+
+    def __init__(self, broker: str, **transport_kwargs: Any) -> None:
+        self.broker = broker
+        self.namespace = f"test-dq-{new_id()[:12]}"
+        self.transport_kwargs = transport_kwargs
+        self.built: list[DramatiqTransport] = []
+
+    def __call__(self, *, settings: BusSettings | None = None, **options: Any) -> DramatiqTransport:
+        base: dict[str, Any] = {"namespace": self.namespace, "retry_backoff_s": 0.05, "retry_backoff_max_s": 0.2}
+        transport = build(self.broker, BusOptions(**{**base, **options}), settings=settings, **self.transport_kwargs)
+        self.built.append(transport)
+        return transport
+
+
+@pytest.fixture(params=["rabbitmq", "redis"])
+def broker(request: pytest.FixtureRequest) -> str:
+    require(request.param)
+    return str(request.param)
+
+
+@pytest.fixture
+async def make(broker: str) -> AsyncIterator[Make]:
+    # On Redis, Dramatiq requeues a dead worker's messages once it missed heartbeats for
+    # `heartbeat_s`, found by "maintenance" that runs on a share of commands: always, here.
+    maker = _Make(broker, redis_maintenance_chance=1_000_000)
+    yield maker
+    await close_and_clean(broker, maker.built)
+
+
+def dead_letter_count(bus: DramatiqTransport, queue: str) -> int:
+    """Messages in Dramatiq's dead-letter queue (`<queue>.XQ`) of a logical queue."""
+    name = bus.qualified(queue)
+    if bus.kind == "rabbitmq":
+        assert isinstance(bus.broker, RabbitmqBroker)
+        return bus.broker.get_queue_message_counts(name)[2]
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        count: Any = client.zcard(f"skipper:{bus.options.namespace}:{name}.XQ")
+        return int(count)
+    finally:
+        client.close()
+
+
+async def test_a_message_that_exhausts_its_retries_is_dead_lettered_by_the_broker_and_reported(make: Make) -> None:
+    # Given a handler that always fails, one retry allowed, and a dead-letter consumer
+    bus = make(max_retries=1)
+    attempts: list[int] = []
+    reports: list[Message] = []
+
+    async def broken(msg: Message) -> None:
+        attempts.append(msg.attempt)
+        raise ValueError("disk on fire")
+
+    async def on_dead_letter(msg: Message) -> None:
+        reports.append(msg)
+
+    bus.consume("broken", broken)
+    bus.consume(contracts.DEAD_LETTERS, on_dead_letter)
+    await bus.start()
+    # When a message is sent
+    await bus.send("broken", Message(type="job", body={"task_id": "t9"}, correlation_id="corr-9"))
+    # Then it ran twice, the report names the error, and the message sits in Dramatiq's dead-letter queue
+    await eventually(lambda: len(reports) == 1)
+    assert attempts == [0, 1]
+    assert reports[0].data["attempts"] == 2
+    assert reports[0].data["error"] == "ValueError: disk on fire"
+    assert reports[0].correlation_id == "corr-9"
+    deadline = time.monotonic() + 5
+    while await asyncio.to_thread(dead_letter_count, bus, "broken") != 1:
+        assert time.monotonic() < deadline, "the message never reached the dead-letter queue"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_time_limit_from_the_settings_interrupts_a_handler_that_is_then_retried(make: Make) -> None:
+    # Given a 0.3 s time limit and a handler that hangs on its first attempt
+    bus = make(settings=BusSettings(time_limit_s=0.3), max_retries=2)
+    attempts: list[int] = []
+    cancelled: list[int] = []
+
+    async def hangs_once(msg: Message) -> None:
+        attempts.append(msg.attempt)
+        if msg.attempt == 0:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.append(msg.attempt)
+                raise
+
+    bus.consume("slow", hangs_once)
+    await bus.start()
+    assert bus.broker.get_actor(bus.qualified("slow")).options["time_limit"] == 300
+    # When a message is sent
+    started = time.monotonic()
+    await bus.send("slow", Message(type="job"))
+    # Then Dramatiq's TimeLimit stops the first attempt (cancelling the coroutine) and retries it
+    await eventually(lambda: attempts == [0, 1], timeout=10)
+    assert cancelled == [0]
+    assert time.monotonic() - started < 5
+
+
+async def test_the_retry_backoff_comes_from_the_bus_options(make: Make) -> None:
+    # Given a transport whose retry backoff is 0.6 s (at least and at most)
+    bus = make(max_retries=1, retry_backoff_s=0.6, retry_backoff_max_s=0.6)
+    retries = next(m for m in bus.broker.middleware if isinstance(m, Retries))
+    assert (retries.max_retries, retries.min_backoff, retries.max_backoff) == (1, 600, 600)
+    seen: list[float] = []
+
+    async def fails_once(msg: Message) -> None:
+        seen.append(time.monotonic())
+        if msg.attempt == 0:
+            raise RuntimeError("transient")
+
+    bus.consume("backoff", fails_once)
+    await bus.start()
+    # When its handler fails once
+    await bus.send("backoff", Message(type="job"))
+    await eventually(lambda: len(seen) == 2)
+    # Then the retry waited Dramatiq's jittered backoff: between half the maximum and the maximum
+    assert 0.29 <= seen[1] - seen[0] < 3.0
+
+
+async def test_a_message_older_than_the_max_age_is_dead_lettered_without_running(make: Make) -> None:
+    # Given a message that waits longer than max_age_s before anyone consumes its queue
+    settings = BusSettings(max_age_s=0.2)
+    await make(settings=settings).send("stale", Message(type="job", body={"n": 1}))
+    await asyncio.sleep(0.4)
+    ran: list[Message] = []
+    reports: list[Message] = []
+
+    async def handle(msg: Message) -> None:
+        ran.append(msg)
+
+    async def on_dead_letter(msg: Message) -> None:
+        reports.append(msg)
+
+    # When a consumer starts
+    bus = make(settings=settings)
+    bus.consume("stale", handle)
+    bus.consume(contracts.DEAD_LETTERS, on_dead_letter)
+    await bus.start()
+    # Then Dramatiq's AgeLimit drops it unhandled, and it is reported
+    await eventually(lambda: len(reports) == 1)
+    assert ran == []
+    assert reports[0].data["queue"] == "stale"
+    assert "age limit" in reports[0].data["error"]
+
+
+async def test_a_request_fails_with_no_consumers_once_the_only_consumer_closed(make: Make) -> None:
+    # Given a consumer that served a request, then closed
+    server, client = make(), make()
+
+    async def echo(msg: Message) -> Message:
+        return msg.reply({"ok": True})
+
+    server.consume("echo", echo)
+    await server.start()
+    await client.start()
+    assert (await client.request("echo", Message(type="q"), timeout=5)).data == {"ok": True}
+    await server.close()
+    # When the client asks again, Then it learns at once that nobody is there
+    started = time.monotonic()
+    with pytest.raises(NoConsumers):
+        await client.request("echo", Message(type="q"), timeout=10)
+    assert time.monotonic() - started < 2.0
+
+
+CHILD = """
+import asyncio, sys
+from skipper.core.bus import BusOptions
+from skipper.core.settings import BusSettings
+from skipper.transports.dramatiq import DramatiqTransport
+
+async def main() -> None:
+    bus = DramatiqTransport(BusOptions(namespace=sys.argv[2]), url=sys.argv[1],
+                            settings=BusSettings(heartbeat_s=1), poll_interval_s=0.05)
+
+    async def hang(msg):
+        print("handling", msg.data["n"], flush=True)
+        await asyncio.sleep(3600)
+
+    bus.consume("crash", hang, prefetch=1)
+    await bus.start()
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_message_whose_worker_is_killed_mid_handler_runs_again_on_another_worker(
+    broker: str, make: Make
+) -> None:
+    # Given a message being handled by a worker in another process
+    await make().send("crash", Message(type="job", body={"n": 7}))
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, URLS[broker], make.namespace,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(child.stdout.readline(), 30)
+        assert line.split() == [b"handling", b"7"]
+        # When that process is killed without acknowledging it
+        child.kill()
+        await child.wait()
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    # Then another worker gets it (RabbitMQ requeues it at once; Redis once the dead worker's
+    # heartbeat is older than heartbeat_s)
+    got: list[Message] = []
+
+    async def handle(msg: Message) -> None:
+        got.append(msg)
+
+    survivor = make(settings=BusSettings(heartbeat_s=1))
+    survivor.consume("crash", handle)
+    await survivor.start()
+    await eventually(lambda: len(got) == 1, timeout=15)
+    assert got[0].data == {"n": 7}
+
+
+def test_bytes_travel_raw_after_the_encoded_message_and_plain_messages_stay_json() -> None:
+    encoder = SkipperEncoder()
+    payload = bytes(range(256)) * 64
+    data = {"queue_name": "q", "args": [{"body": payload, "headers": {"sha256": "abc"}}], "options": {}}
+    encoded = encoder.encode(data)
+    # the payload is in the wire bytes as-is, not base64, and comes back intact
+    assert payload in encoded
+    assert len(encoded) < len(payload) + 200
+    decoded = encoder.decode(encoded)
+    assert decoded["args"][0]["body"] == payload
+    assert decoded["args"][0]["headers"] == {"sha256": "abc"}
+    assert len(repr(decoded)) < 300  # Dramatiq logs a failed message's arguments
+    # a message without bytes is the inner encoder's JSON, unchanged
+    plain = {"queue_name": "q", "args": [{"body": {"x": 1}}], "options": {}}
+    assert json.loads(encoder.encode(plain)) == plain
+    assert encoder.decode(encoder.encode(plain)) == plain
+
+
+def test_each_transport_owns_its_broker_and_namespaced_actors_and_leaves_the_global_broker_alone() -> None:
+    global_before = dramatiq.broker.global_broker
+    options = BusOptions(namespace="ns-a")
+
+    async def handle(msg: Message) -> None:
+        return None
+
+    # Built without I/O, so no broker needs to run
+    a = DramatiqTransport(options, url=URLS["rabbitmq"], settings=BusSettings())
+    b = DramatiqTransport(options, url=URLS["redis"], settings=BusSettings())
+    a.consume("train", handle)
+    b.consume("train", handle)
+    assert a.broker is not b.broker
+    for bus in (a, b):
+        actor = bus.broker.get_actor("ns-a.train")
+        assert actor.queue_name == "ns-a.train"
+        assert actor.options["max_retries"] == options.max_retries
+    assert dramatiq.broker.global_broker is global_before
+
+
+def test_a_broker_url_that_is_neither_amqp_nor_redis_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        DramatiqTransport(BusOptions(), url="kafka://127.0.0.1:9092", settings=BusSettings())
