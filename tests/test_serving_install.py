@@ -18,6 +18,7 @@ from skipper.core.messages import Message
 from skipper.modules.serving import ServingModule
 from skipper.modules.serving.module import Release
 from skipper.transports.memory import MemoryTransport
+from tests.conftest import eventually
 from tests.test_serving_support import N_FEATURES, Built, EventLog, built, good_members, headers, settings, tar_gz
 
 pytestmark = pytest.mark.tensorflow
@@ -91,6 +92,7 @@ async def assert_refused(served: Served, release: Release, data: bytes, reason: 
     after = await served.predict(ROWS)
     assert after == before and after["model_version"] == 1
     assert served.module.readiness() == {"models": {"diabetes": 1}}
+    await eventually(lambda: bool(served.events.kinds("model.rejected")))
     rejected = served.events.kinds("model.rejected")
     assert rejected and rejected[-1]["version"] == release.version and reason.split()[0] in rejected[-1]["reason"]
     assert served.directories() == dirs
@@ -104,6 +106,7 @@ async def test_a_good_artifact_installs_and_predicts_like_the_model_itself(serve
     # Then they are the model's own, from version 1, and the install was reported
     assert reply["model"] == "diabetes" and reply["model_version"] == 1
     assert reply["predictions"] == pytest.approx(built(1).expected(ROWS), rel=1e-5, abs=1e-5)
+    await eventually(lambda: bool(served.events.kinds("model.installed")))
     installed = served.events.kinds("model.installed")
     assert installed[0]["sha256"] == built(1).sha256 and installed[0]["took_ms"] > 0
     (directory,) = served.directories()

@@ -175,6 +175,7 @@ async def test_a_rollback_is_installed_and_an_out_of_date_announcement_is_ignore
     late = Message(type="model.published", body=built(2).data, headers=headers(built(2), version=2, seq=2))
     await harness.module.on_published(late)
     assert harness.version() == 1
+    await eventually(lambda: len(harness.events.kinds("model.installed")) == 3)  # emitted just after each swap
     assert [e["version"] for e in harness.events.kinds("model.installed")] == [1, 2, 1]
 
 
