@@ -75,6 +75,18 @@ class Broker:
         frame = await self.blocking(lambda ch: ch.queue_declare(self.queue(queue), passive=True))
         return int(frame.method.message_count)
 
+    async def wait_for_messages(self, queue: str, count: int, timeout: float = 10.0) -> None:
+        """Wait until `queue` exists and holds `count` messages."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if await self.message_count(queue) == count:
+                    return
+            except pika.exceptions.ChannelClosedByBroker:
+                pass  # not declared yet
+            assert time.monotonic() < deadline, f"{queue} never held {count} message(s)"
+            await asyncio.sleep(0.05)
+
     async def get(self, queue: str) -> tuple[Any, bytes]:
         """Take one message off `queue` (fails if there is none)."""
         method, props, body = await self.blocking(lambda ch: ch.basic_get(self.queue(queue), auto_ack=True))
@@ -289,8 +301,8 @@ async def test_a_message_that_keeps_killing_its_consumer_is_dead_lettered_withou
 
 
 async def test_a_pending_retry_is_kept_by_the_broker_and_outlives_the_consumer(broker: Broker) -> None:
-    # Given a consumer whose handler fails once, with a one-second retry delay
-    first = broker.transport(retry_backoff_s=1.0, retry_backoff_max_s=1.0, max_retries=1)
+    # Given a consumer whose handler fails once, with a two-second retry delay
+    first = broker.transport(retry_backoff_s=2.0, retry_backoff_max_s=2.0, max_retries=1)
     failures: list[int] = []
 
     async def fail(msg: Message) -> None:
@@ -304,14 +316,14 @@ async def test_a_pending_retry_is_kept_by_the_broker_and_outlives_the_consumer(b
     # When that consumer goes away before the retry is due
     await first.close()
     # Then the retry waits in the broker's delay queue, not in the dead process
-    assert await broker.message_count("jobs.retry.1000") == 1
+    assert await broker.message_count("jobs.retry.2000") == 1
     # And a new consumer gets it as attempt 1, and dead-letters it after its last failure
     reports: list[Message] = []
 
     async def on_dead_letter(msg: Message) -> None:
         reports.append(msg)
 
-    second = broker.transport(retry_backoff_s=1.0, retry_backoff_max_s=1.0, max_retries=1)
+    second = broker.transport(retry_backoff_s=2.0, retry_backoff_max_s=2.0, max_retries=1)
     second.consume("jobs", fail)
     second.consume(contracts.DEAD_LETTERS, on_dead_letter)
     await second.start()
@@ -461,3 +473,23 @@ async def test_messages_on_the_wire_are_json_or_raw_bytes_with_the_envelope_in_p
     assert seen[0].headers == original.headers
     assert seen[0].created_at == created
     assert seen[0].id == original.id and seen[0].type == "event"
+
+
+async def test_a_malformed_message_from_a_foreign_publisher_is_parked_in_the_dead_letter_queue(broker: Broker) -> None:
+    bus = broker.transport()
+    ran: list[Message] = []
+
+    async def job(msg: Message) -> None:
+        ran.append(msg)
+
+    bus.consume("jobs", job)
+    await bus.start()
+    props = pika.BasicProperties(content_type=JSON_TYPE, delivery_mode=2)
+    await broker.blocking(lambda ch: ch.basic_publish("", broker.queue("jobs"), b"{not json", props))
+    await bus.send("jobs", Message(type="job", body={"ok": True}))
+    # The consumer survives it, keeps working, and the raw bytes wait in the dead-letter queue
+    await eventually(lambda: len(ran) == 1)
+    assert ran[0].data == {"ok": True}
+    await broker.wait_for_messages("jobs.dlq", 1)
+    _props, body = await broker.get("jobs.dlq")
+    assert body == b"{not json"

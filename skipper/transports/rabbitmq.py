@@ -423,7 +423,7 @@ class RabbitMQTransport(Transport):
                 break
             except Exception as exc:
                 delay = self._backoff(attempt)
-                if loop.time() + delay > deadline:
+                if self._closing or loop.time() + delay > deadline:
                     self._started = False
                     raise Unavailable(f"cannot connect to RabbitMQ: {exc!r}") from exc
                 log.warning("cannot connect to RabbitMQ (%r); retrying in %.1fs", exc, delay)
@@ -522,7 +522,7 @@ class RabbitMQTransport(Transport):
         def on_open_error(_conn: Any, exc: BaseException) -> None:
             link.on_closed(exc)
             if not opened.done():
-                opened.set_exception(Unavailable(f"cannot connect to RabbitMQ: {exc!r}"))
+                opened.set_exception(exc if isinstance(exc, Exception) else Unavailable(repr(exc)))
 
         def on_close(_conn: Any, reason: BaseException) -> None:
             link.on_closed(reason)
@@ -739,6 +739,7 @@ class RabbitMQTransport(Transport):
                     link.declared.pop(key, None)
 
             fut.add_done_callback(forget_failure)
+            fut.add_done_callback(_retrieve)
         await asyncio.shield(fut)
 
     async def _declare_now(self, link: _Link, invoke: Callable[[_Channel, Callable[[Any], None]], object]) -> None:
@@ -796,7 +797,7 @@ class RabbitMQTransport(Transport):
 
     def _probe_soon(self, link: _Link, name: str) -> None:
         # Registered synchronously, so the requests of one loop tick start a single probe.
-        self._start_probe(link, name).add_done_callback(_retrieve)
+        self._start_probe(link, name)
 
     async def _consumer_count(self, link: _Link, name: str) -> int:
         return await asyncio.shield(link.probes.get(name) or self._start_probe(link, name))
@@ -805,6 +806,7 @@ class RabbitMQTransport(Transport):
         probe = asyncio.ensure_future(self._probe(link, name))
         link.probes[name] = probe
         probe.add_done_callback(lambda _: link.probes.pop(name, None))
+        probe.add_done_callback(_retrieve)  # its awaiters may all have been cancelled
         return probe
 
     async def _probe(self, link: _Link, name: str) -> int:
@@ -974,6 +976,9 @@ class RabbitMQTransport(Transport):
         except Unavailable as exc:
             log.warning("could not hand a failed message back to RabbitMQ (%r); it will be redelivered", exc)
             return
+        except Exception:
+            log.exception("could not hand a failed message back to RabbitMQ; it will be redelivered")
+            return
         channel.ack(tag)
 
     async def _retry(self, queue: str, msg: Message, delay: float) -> None:
@@ -1006,7 +1011,10 @@ class RabbitMQTransport(Transport):
             assert link.publisher is not None
             dlq = f"{self.qualified(consumer.queue)}.dlq"
             await self._declare_queue(link, dlq)
-            await asyncio.wait_for(link.publisher.publish_confirmed("", dlq, body, props), self._confirm_timeout_s)
+            try:
+                await asyncio.wait_for(link.publisher.publish_confirmed("", dlq, body, props), self._confirm_timeout_s)
+            except TimeoutError as exc:
+                raise Unavailable("RabbitMQ did not confirm the dead letter") from exc
 
         await self._settle(channel, tag, park())
 
