@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Route
 from starlette.schemas import SchemaGenerator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -58,14 +58,17 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {max_bytes}",
                               details={"limit_bytes": max_bytes})
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes",
-                                  details={"limit_bytes": max_bytes})
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    if declared is not None and declared.isdigit():
+        raw = await request.body()  # within the declared (and checked) length
+    else:
+        chunks, size = [], 0
+        async for chunk in request.stream():  # no length given: count while it streams
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes",
+                                      details={"limit_bytes": max_bytes})
+            chunks.append(chunk)
+        raw = b"".join(chunks)
     if not raw.strip():
         return None
     try:
@@ -126,6 +129,13 @@ def request_correlation_id(request: Request) -> str:
     return str(request.state.correlation_id) if hasattr(request.state, "correlation_id") else new_id()
 
 
+def _under_base(route: BaseRoute) -> BaseRoute:
+    """The route with the API base prefixed: flat routes, no Mount, one matching pass per request."""
+    assert isinstance(route, Route), f"modules provide plain Routes, got {route!r}"
+    return Route(API_BASE + route.path, route.endpoint, methods=sorted(route.methods or ()), name=route.name,
+                 include_in_schema=route.include_in_schema)
+
+
 def create_app(*, role: str, modules: Sequence[Module], lifespan: Any = None) -> Starlette:
     """The ASGI app of a process: health, ready, metrics, openapi, plus every module's routes."""
     schemas = SchemaGenerator({"openapi": "3.0.3", "info": {"title": "Skipper", "version": __version__}})
@@ -177,7 +187,7 @@ def create_app(*, role: str, modules: Sequence[Module], lifespan: Any = None) ->
     for module in modules:
         routes.extend(module.routes())
     app = Starlette(
-        routes=[Mount(API_BASE, routes=routes)],
+        routes=[_under_base(route) for route in routes],
         exception_handlers={SkipperError: _skipper_error, HTTPException: _http_error, Exception: _unexpected_error},
         lifespan=lifespan,
     )

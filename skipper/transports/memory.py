@@ -14,9 +14,11 @@ from collections import defaultdict
 from skipper.core import contracts
 from skipper.core.bus import BusOptions, Handler, Transport
 from skipper.core.errors import NoConsumers, RequestTimeout, from_payload
-from skipper.core.messages import Message, new_id
+from skipper.core.messages import Message
 
 log = logging.getLogger("skipper.transports.memory")
+
+DIRECT_REPLY = "memory.direct"
 
 
 class _Worker:
@@ -36,7 +38,10 @@ class MemoryTransport(Transport):
         self._consumers: dict[str, list[tuple[Handler, int]]] = defaultdict(list)
         self._subscribers: dict[str, list[Handler]] = defaultdict(list)
         self._workers: list[_Worker] = []
-        self._pending: dict[str, asyncio.Future[Message]] = {}
+        self._round_robin = 0
+        self._requests_in_flight = 0
+        self._requests_idle = asyncio.Event()
+        self._requests_idle.set()
         self._background: set[asyncio.Task[None]] = set()
         self.dead_letters: dict[str, list[Message]] = defaultdict(list)
         self._started = False
@@ -60,9 +65,7 @@ class MemoryTransport(Transport):
                 worker.task.cancel()
         tasks = [w.task for w in self._workers if w.task is not None] + list(self._background)
         await asyncio.gather(*tasks, return_exceptions=True)
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.cancel()
+        await self._requests_idle.wait()
 
     async def send(self, queue: str, msg: Message) -> None:
         self._queues[queue].put_nowait(msg)
@@ -74,23 +77,31 @@ class MemoryTransport(Transport):
             self._spawn_workers(queue, handler, slots)
 
     async def request(self, queue: str, msg: Message, *, timeout: float) -> Message:
-        if not self._consumers.get(queue) or not self._started or self._closed:
+        consumers = self._consumers.get(queue)
+        if not consumers or not self._started or self._closed:
             raise NoConsumers(f"no consumer for queue {queue!r}", details={"queue": queue})
-        reply_to = f"memory.reply.{new_id()}"
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[reply_to] = fut
-        msg.reply_to = reply_to
+        # In-process, a request needs no queue hop: the handler runs in the caller's task
+        # (round-robin over consumers), which keeps the predict path to one await.
+        self._round_robin += 1
+        handler, _ = consumers[self._round_robin % len(consumers)]
+        msg.reply_to = DIRECT_REPLY
         if msg.correlation_id is None:
             msg.correlation_id = msg.id
-        self._queues[queue].put_nowait(msg)
+        self._requests_in_flight += 1
+        self._requests_idle.clear()
         try:
-            reply = await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                outcome = await self.run_handler(queue, handler, msg)
         except TimeoutError:
             raise RequestTimeout(
                 f"no reply from {queue!r} within {timeout:g}s", details={"queue": queue, "timeout_s": timeout}
             ) from None
         finally:
-            self._pending.pop(reply_to, None)
+            self._requests_in_flight -= 1
+            if not self._requests_in_flight:
+                self._requests_idle.set()
+        reply = outcome.reply
+        assert reply is not None  # run_handler always answers a request
         if reply.is_error:
             raise from_payload(reply.data)
         return reply
@@ -124,11 +135,6 @@ class MemoryTransport(Transport):
 
     async def _handle(self, queue: str, handler: Handler, msg: Message) -> None:
         outcome = await self.run_handler(queue, handler, msg)
-        if msg.reply_to is not None:
-            fut = self._pending.get(msg.reply_to)
-            if fut is not None and not fut.done() and outcome.reply is not None:
-                fut.set_result(outcome.reply)
-            return
         if outcome.retry_after is not None:
             asyncio.get_running_loop().call_later(outcome.retry_after, self._redeliver, queue, msg.retried())
         elif outcome.dead_letter:

@@ -69,6 +69,8 @@ class ApiRoutes:
 
     def routes(self) -> list[BaseRoute]:
         return [
+            # The hot path first: Starlette tries routes in order.
+            Route("/models/{model}/predict", self.predict, methods=["POST"]),
             Route("/workflows", self.list_workflows, methods=["GET"]),
             Route("/workflows/{workflow}", self.get_workflow, methods=["GET"]),
             Route("/workflows/{workflow}/train", self.train, methods=["POST"]),
@@ -79,7 +81,6 @@ class ApiRoutes:
             Route("/models/{model}", self.get_model, methods=["GET"]),
             Route("/models/{model}/versions/{version:int}/deploy", self.deploy, methods=["POST"]),
             Route("/models/{model}/versions/{version:int}/artifact", self.artifact, methods=["GET"]),
-            Route("/models/{model}/predict", self.predict, methods=["POST"]),
         ]
 
     # --- workflows and training -----------------------------------------------------------
