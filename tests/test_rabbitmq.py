@@ -493,3 +493,16 @@ async def test_a_malformed_message_from_a_foreign_publisher_is_parked_in_the_dea
     await broker.wait_for_messages("jobs.dlq", 1)
     _props, body = await broker.get("jobs.dlq")
     assert body == b"{not json"
+
+
+async def test_a_send_after_its_queue_was_deleted_behind_the_transports_back_still_lands(broker: Broker) -> None:
+    bus = broker.transport()
+    await bus.start()
+    await bus.send("orders", Message(type="job", body={"n": 1}))
+    # Given the queue deleted by someone else while this transport remembers declaring it
+    await broker.blocking(lambda ch: ch.queue_delete(broker.queue("orders")))
+    # When it sends again, the broker returns the message; the transport re-declares and resends
+    await bus.send("orders", Message(type="job", body={"n": 2}))
+    assert await broker.message_count("orders") == 1
+    _props, body = await broker.get("orders")
+    assert body == b'{"n":2}'

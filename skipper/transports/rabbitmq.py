@@ -28,6 +28,15 @@ Topology, for a namespace `ns` and a logical queue `q` or topic `t`:
   correlation id travels in the headers); the request carries an AMQP `expiration` equal
   to its timeout so a stale request is dropped rather than handled after the caller left.
 
+Wire format: a dict body is JSON (`application/json`), a bytes body goes as it is
+(`application/octet-stream`), never base64. The envelope rides in AMQP properties (`type`,
+`message_id`, `timestamp`, `content_type`, `delivery_mode`) and headers (`x-correlation-id`,
+`x-attempt`, `x-created-at` as a string, then the message's own headers). Header values an
+AMQP table cannot carry through pika (floats, nested maps, huge ints) are JSON-encoded and
+listed in `x-skipper-json`, so they come back as they went. Work-queue publishes are
+`mandatory`: if a queue was deleted behind the per-connection declare cache, the broker
+returns the message, and the transport declares the queue again and republishes.
+
 `Message.attempt` travels in the `x-attempt` header. A work message the broker redelivers
 because its consumer died before acking (the `redelivered` flag: a trainer killed mid-run)
 counts as one more attempt. Classic queues do not count redeliveries, so the transport
@@ -193,6 +202,10 @@ class ChannelGone(Unavailable):
         self.reply_code = int(getattr(reason, "reply_code", 0) or 0)
 
 
+class Unroutable(Unavailable):
+    """A message published `mandatory` reached no queue (e.g. its queue was deleted)."""
+
+
 class _Channel:
     """A pika channel whose RPCs and confirms are futures that fail when it closes."""
 
@@ -202,6 +215,8 @@ class _Channel:
         self._on_lost = on_lost
         self._waiters: set[asyncio.Future[Any]] = set()
         self._confirms: dict[int, asyncio.Future[None]] = {}
+        self._mandatory: dict[int, str | None] = {}  # tag -> message id, for mandatory publishes
+        self._returned: set[int] = set()
         self._published = 0
         self.closed_by_us = False
         raw.add_on_close_callback(self._on_close)
@@ -222,13 +237,28 @@ class _Channel:
         except pika.exceptions.AMQPError as exc:
             raise Unavailable(f"cannot publish to RabbitMQ: {exc!r}") from exc
 
-    def publish_confirmed(self, exchange: str, routing_key: str, body: bytes, props: Any) -> asyncio.Future[None]:
-        """Publish on a channel in confirm mode; the future settles with the broker's ack."""
-        self.publish(exchange, routing_key, body, props)
+    def publish_confirmed(
+        self, exchange: str, routing_key: str, body: bytes, props: Any, *, mandatory: bool = False
+    ) -> asyncio.Future[None]:
+        """Publish on a channel in confirm mode; the future settles with the broker's ack.
+
+        With `mandatory`, a message no queue took fails with `Unroutable` instead.
+        """
+        self.publish(exchange, routing_key, body, props, mandatory=mandatory)
         self._published += 1
         fut: asyncio.Future[None] = self._loop.create_future()
         self._confirms[self._published] = fut
+        if mandatory:
+            self._mandatory[self._published] = props.message_id
         return fut
+
+    def on_return(self, _raw: Any, _method: Any, props: Any, _body: bytes) -> None:
+        # The broker sends basic.return just before the ack of the same message, which
+        # names no delivery tag: match the oldest unconfirmed mandatory publish of that id.
+        for tag, message_id in self._mandatory.items():
+            if message_id == props.message_id and tag not in self._returned:
+                self._returned.add(tag)
+                return
 
     def on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -239,17 +269,21 @@ class _Channel:
                 tag = next(iter(self._confirms))
                 if tag > method.delivery_tag:
                     break
-                self._settle(self._confirms.pop(tag), ok)
+                self._settle(tag, self._confirms.pop(tag), ok)
         else:
             fut = self._confirms.pop(method.delivery_tag, None)
             if fut is not None:
-                self._settle(fut, ok)
+                self._settle(method.delivery_tag, fut, ok)
 
-    @staticmethod
-    def _settle(fut: asyncio.Future[None], ok: bool) -> None:
+    def _settle(self, tag: int, fut: asyncio.Future[None], ok: bool) -> None:
+        self._mandatory.pop(tag, None)
+        returned = tag in self._returned
+        self._returned.discard(tag)
         if fut.done():
             return
-        if ok:
+        if returned:
+            fut.set_exception(Unroutable("no queue took the message"))
+        elif ok:
             fut.set_result(None)
         else:
             fut.set_exception(Unavailable("RabbitMQ refused the message (nack)"))
@@ -270,6 +304,8 @@ class _Channel:
         err = ChannelGone(reason)
         pending = [*self._waiters, *self._confirms.values()]
         self._confirms.clear()
+        self._mandatory.clear()
+        self._returned.clear()
         for fut in pending:
             if not fut.done():
                 fut.set_exception(err)
@@ -439,9 +475,7 @@ class RabbitMQTransport(Transport):
 
     async def send(self, queue: str, msg: Message) -> None:
         link = self._require_link()
-        name = self.qualified(queue)
-        await self._declare_queue(link, name)
-        await self._publish_confirmed(link, "", name, msg)
+        await self._publish_to_queue(link, self.qualified(queue), msg)
 
     def consume(self, queue: str, handler: Handler, *, prefetch: int | None = None) -> None:
         if self._closing:
@@ -557,6 +591,7 @@ class RabbitMQTransport(Transport):
         try:
             link.publisher = publisher = await self._open_channel(link, essential=True)
             await self._rpc(publisher, lambda cb: publisher.raw.confirm_delivery(publisher.on_confirm, callback=cb))
+            publisher.raw.add_on_return_callback(publisher.on_return)
             link.rpc = rpc = await self._open_channel(link, essential=True)
             rpc.raw.add_on_return_callback(self._on_return)
             await self._rpc(rpc, lambda cb: rpc.raw.basic_consume(REPLY_TO, self._on_reply, auto_ack=True, callback=cb))
@@ -765,6 +800,30 @@ class RabbitMQTransport(Transport):
             lambda ch, cb: ch.raw.exchange_declare(name, exchange_type="fanout", durable=True, callback=cb),
         )
 
+    async def _publish_to_queue(
+        self,
+        link: _Link,
+        name: str,
+        msg: Message,
+        *,
+        arguments: dict[str, Any] | None = None,
+        extra_headers: dict[str, Any] | None = None,
+    ) -> None:
+        """Declare `name` (once per connection) and publish a persistent message to it, confirmed.
+
+        Published `mandatory`: if the queue was deleted behind the declare cache, the message
+        comes back, and the queue is declared again and the message republished once.
+        """
+        for last_try in (False, True):
+            await self._declare_queue(link, name, arguments)
+            try:
+                await self._publish_confirmed(link, "", name, msg, mandatory=True, extra_headers=extra_headers)
+                return
+            except Unroutable:
+                link.declared.pop(f"queue:{name}", None)
+                if last_try:
+                    raise
+
     async def _publish_confirmed(
         self,
         link: _Link,
@@ -773,11 +832,12 @@ class RabbitMQTransport(Transport):
         msg: Message,
         *,
         persistent: bool = True,
+        mandatory: bool = False,
         extra_headers: dict[str, Any] | None = None,
     ) -> None:
         assert link.publisher is not None
         body, props = encode(msg, persistent=persistent, extra_headers=extra_headers)
-        confirmed = link.publisher.publish_confirmed(exchange, routing_key, body, props)
+        confirmed = link.publisher.publish_confirmed(exchange, routing_key, body, props, mandatory=mandatory)
         try:
             await asyncio.wait_for(confirmed, self._confirm_timeout_s)
         except TimeoutError as exc:
@@ -985,22 +1045,17 @@ class RabbitMQTransport(Transport):
         link = self._require_link()
         main = self.qualified(queue)
         ms = round(delay * 1000)
-        target = main
-        if ms > 0:
-            target = f"{main}.retry.{ms}"
-            await self._declare_queue(
-                link,
-                target,
-                {"x-message-ttl": ms, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": main},
-            )
-        await self._publish_confirmed(link, "", target, msg)
+        if ms <= 0:
+            await self._publish_to_queue(link, main, msg)
+            return
+        delay_queue = {"x-message-ttl": ms, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": main}
+        await self._publish_to_queue(link, f"{main}.retry.{ms}", msg, arguments=delay_queue)
 
     async def _dead_letter(self, queue: str, msg: Message, error: BaseException | None) -> None:
         link = self._require_link()
-        dlq = f"{self.qualified(queue)}.dlq"
-        await self._declare_queue(link, dlq)
         reason = f"{type(error).__name__}: {error}" if error else "unknown"
-        await self._publish_confirmed(link, "", dlq, msg, extra_headers={"x-skipper-error": reason[:2000]})
+        extra = {"x-skipper-error": reason[:2000]}
+        await self._publish_to_queue(link, f"{self.qualified(queue)}.dlq", msg, extra_headers=extra)
         report = self.dead_letter_report(queue, msg, error)
         if report is not None:
             await self.send(contracts.DEAD_LETTERS, report)
