@@ -21,7 +21,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-
 _SCHEMA_LOCK_KEY = 0x5C1BBE2  # any constant shared by every Skipper process
 
 
