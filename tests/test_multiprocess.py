@@ -6,6 +6,7 @@ broker transport: each must give fanout to every server, catch-up, and no lost w
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,6 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from skipper.core import contracts
+from skipper.core.container import bus_options
+from skipper.core.messages import Message
+from skipper.core.settings import load_settings
+from skipper.transports import build_transport
 from tests.processes import ROW, Cluster, eventually, http, postgres_schema, train
 from tests.services import RABBITMQ_URL, REDIS_URL, require_postgres, require_rabbitmq, require_redis
 
@@ -121,7 +127,7 @@ def test_a_trainer_killed_mid_training_is_replaced_and_the_task_still_succeeds(c
     assert "task.retried" in kinds
 
 
-def test_predict_with_no_server_is_a_fast_503(cluster: Cluster) -> None:
+async def test_predict_with_no_server_is_a_fast_503_and_a_silent_server_a_504(cluster: Cluster) -> None:
     api = cluster.start("api", "api")
     trainer = cluster.start("trainer", "trainer")
     server = cluster.start("server", "server")
@@ -129,10 +135,32 @@ def test_predict_with_no_server_is_a_fast_503(cluster: Cluster) -> None:
     eventually(lambda: server.models() == {"diabetes": 1}, what="server has v1")
     trainer.kill()
     server.kill()
-    time.sleep(1.0)
+    await asyncio.sleep(1.0)
     started = time.monotonic()
-    status, body = predict(api.url)
+    status, body = await asyncio.to_thread(predict, api.url)
     elapsed = time.monotonic() - started
     assert status == 503, body
     assert body["error"]["code"] in ("no_consumers", "unavailable")
     assert elapsed < 2.5
+
+    # a "server" that takes predict requests and never answers: 504 after the configured 3 s
+    settings = load_settings(environ=cluster.env)
+    silent = build_transport(settings, bus_options(settings))
+    release = asyncio.Event()
+
+    async def never_answers(msg: Message) -> Message:
+        await release.wait()
+        return msg.reply({})
+
+    silent.consume(contracts.PREDICT, never_answers)
+    await silent.start()
+    try:
+        started = time.monotonic()
+        status, body = await asyncio.to_thread(predict, api.url)
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+        await silent.close()
+    assert status == 504, body
+    assert body["error"]["code"] == "timeout"
+    assert 2.5 < elapsed < 6
