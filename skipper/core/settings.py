@@ -46,6 +46,7 @@ class HttpSettings(_Section):
     max_body_bytes: int = Field(1024 * 1024, ge=1)
     predict_timeout_s: float = Field(5.0, gt=0)
     max_instances: int = Field(1024, ge=1)
+    predict_pipeline: int = Field(4, ge=1, le=256)  # broker transports: bus requests in flight per model
     page_size_max: int = Field(200, ge=1)
 
 

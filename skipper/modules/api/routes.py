@@ -20,6 +20,7 @@ from skipper.core.messages import Message, new_id
 from skipper.core.repositories import ModelRegistry, Task, TaskRepository
 from skipper.core.settings import Settings, Workflow
 from skipper.modules.api.artifacts import ArtifactStore
+from skipper.modules.api.coalesce import PredictCoalescer
 from skipper.modules.api.registry import RegistryService
 from skipper.modules.api.validation import parse_instances, resolve_params
 
@@ -66,6 +67,12 @@ class ApiRoutes:
         self._store = store
         self._service = service
         self.schemas = ModelSchemas(registry, settings.workflows)
+        # In-process the server batches by itself; across a broker, fewer and larger bus requests pay.
+        self._coalescer = (
+            PredictCoalescer(self._request_rows, max_rows=settings.serving.max_batch_size,
+                             pipeline=settings.http.predict_pipeline)
+            if settings.transport != "memory" else None
+        )
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -262,6 +269,11 @@ class ApiRoutes:
         return JSONResponse(reply)
 
     async def predict_rows(self, model: str, rows: list[list[float]], correlation_id: str) -> dict[str, Any]:
+        if self._coalescer is not None:
+            return await self._coalescer.predict(model, rows, correlation_id)
+        return await self._request_rows(model, rows, correlation_id)
+
+    async def _request_rows(self, model: str, rows: list[list[float]], correlation_id: str) -> dict[str, Any]:
         msg = Message(type=contracts.PREDICT_REQUEST, body={"model": model, "instances": rows},
                       correlation_id=correlation_id)
         reply = await self._bus.request(contracts.PREDICT, msg, timeout=self._settings.http.predict_timeout_s)
