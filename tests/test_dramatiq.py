@@ -227,11 +227,9 @@ asyncio.run(main())
 """
 
 
-async def test_a_message_whose_worker_is_killed_mid_handler_runs_again_on_another_worker(
-    broker: str, make: Make
-) -> None:
-    # Given a message being handled by a worker in another process
-    await make().send("crash", Message(type="job", body={"n": 7}))
+async def kill_mid_handler(broker: str, make: Make, body: dict[str, Any]) -> None:
+    """Send a message, let a worker in another process start it, and kill that process."""
+    await make().send("crash", Message(type="job", body=body))
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CHILD, URLS[broker], make.namespace,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
@@ -240,26 +238,96 @@ async def test_a_message_whose_worker_is_killed_mid_handler_runs_again_on_anothe
     try:
         assert child.stdout is not None
         line = await asyncio.wait_for(child.stdout.readline(), 30)
-        assert line.split() == [b"handling", b"7"]
-        # When that process is killed without acknowledging it
+        assert line.split() == [b"handling", str(body["n"]).encode()]
+    finally:
         child.kill()
         await child.wait()
-    finally:
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
-    # Then another worker gets it (RabbitMQ requeues it at once; Redis once the dead worker's
-    # heartbeat is older than heartbeat_s)
+
+
+async def test_a_message_whose_worker_is_killed_mid_handler_runs_again_as_the_next_attempt(
+    broker: str, make: Make
+) -> None:
+    # Given a message whose worker, in another process, is killed while handling it
+    await kill_mid_handler(broker, make, {"n": 7})
     got: list[Message] = []
 
     async def handle(msg: Message) -> None:
         got.append(msg)
 
-    survivor = make(settings=BusSettings(heartbeat_s=1))
+    # When another worker consumes the queue
+    survivor = make(settings=BusSettings(heartbeat_s=1), max_retries=2)
     survivor.consume("crash", handle)
     await survivor.start()
+    # Then it gets the message (RabbitMQ requeues it at once; Redis once the dead worker's
+    # heartbeat is older than heartbeat_s), counted as a second attempt
     await eventually(lambda: len(got) == 1, timeout=15)
     assert got[0].data == {"n": 7}
+    assert got[0].attempt == 1
+    await asyncio.sleep(0.2)
+    assert len(got) == 1
+
+
+async def test_a_message_that_kills_its_consumer_with_no_retries_left_is_dead_lettered(
+    broker: str, make: Make
+) -> None:
+    # Given a message whose worker is killed while handling it, and no retries allowed
+    await kill_mid_handler(broker, make, {"n": 8})
+    ran: list[Message] = []
+    reports: list[Message] = []
+
+    async def handle(msg: Message) -> None:
+        ran.append(msg)
+
+    async def on_dead_letter(msg: Message) -> None:
+        reports.append(msg)
+
+    # When another worker consumes the queue
+    survivor = make(settings=BusSettings(heartbeat_s=1), max_retries=0)
+    survivor.consume("crash", handle)
+    survivor.consume(contracts.DEAD_LETTERS, on_dead_letter)
+    await survivor.start()
+    # Then it is dead-lettered and reported instead of taking another consumer down
+    await eventually(lambda: len(reports) == 1, timeout=15)
+    assert ran == []
+    assert reports[0].data["attempts"] == 1
+    assert "stopped before acknowledging" in reports[0].data["error"]
+
+
+async def test_messages_a_closing_worker_prefetched_but_never_started_come_back_as_first_attempts(
+    make: Make,
+) -> None:
+    # Given a one-thread worker that prefetched four messages and started one
+    first = make(settings=BusSettings(worker_threads=1))
+    started = asyncio.Event()
+    done: list[int] = []
+
+    async def slow(msg: Message) -> None:
+        started.set()
+        await asyncio.sleep(0.3)
+        done.append(msg.data["n"])
+
+    first.consume("backlog", slow, prefetch=4)
+    await first.start()
+    for n in range(4):
+        await first.send("backlog", Message(type="job", body={"n": n}))
+    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.sleep(0.1)  # let the consumer prefetch the rest
+    # When it closes gracefully (finishing the started one)
+    await first.close()
+    assert len(done) == 1
+    got: list[Message] = []
+
+    async def keep(msg: Message) -> None:
+        got.append(msg)
+
+    second = make()
+    second.consume("backlog", keep)
+    await second.start()
+    # Then another worker gets the other three, none of them counted as a retry
+    await eventually(lambda: len(got) == 3)
+    await asyncio.sleep(0.2)
+    assert sorted([m.data["n"] for m in got] + done) == [0, 1, 2, 3]
+    assert [m.attempt for m in got] == [0, 0, 0]
 
 
 def test_bytes_travel_raw_after_the_encoded_message_and_plain_messages_stay_json() -> None:

@@ -9,12 +9,20 @@ both named `<namespace>.<queue>`, so Dramatiq's own middleware does the work:
 - `TimeLimit` interrupts a handler after `BusSettings.time_limit_s`;
 - `AgeLimit` drops messages older than `BusSettings.max_age_s`;
 - a failed message is dead-lettered by the broker (`<queue>.XQ`), and `_DeadLetterReports`
-  also sends `Transport.dead_letter_report(...)` to the `dead_letters` queue.
+  also sends `Transport.dead_letter_report(...)` to the `dead_letters` queue;
+- a message whose consumer died mid-handler (a killed trainer) comes back: RabbitMQ requeues
+  it at once, Dramatiq's Redis broker once the dead worker missed heartbeats for
+  `BusSettings.heartbeat_s`. `_Redeliveries` counts that as one more attempt, as the other
+  transports do: it re-enqueues the message with its attempt raised, and dead-letters a
+  message that has used up `max_retries` this way (one that keeps killing its consumers).
 
 A `Worker` (threads: `BusSettings.worker_threads`) runs inside the transport. Handlers are
 coroutines and run on the event loop the transport was started on: the actor, in a worker
 thread, submits the handler to that loop and waits, so a handler's exception reaches `Retries`.
-Each transport owns its broker, actors and worker; nothing touches `dramatiq.set_broker`.
+A consumer's `prefetch` is its queue's broker prefetch (unacked messages in this process); the
+worker threads bound how many handlers of all queues run at once, so a handler that awaits a
+request served by the same transport needs a spare thread. Each transport owns its broker,
+actors and worker; nothing touches `dramatiq.set_broker`.
 
 Requests and fanout are built beside Dramatiq on the same broker:
 - RabbitMQ (pika, one connection in one thread): a request goes through the work queue with
@@ -22,8 +30,9 @@ Requests and fanout are built beside Dramatiq on the same broker:
   queue's `consumer_count`; fanout is a fanout exchange `<ns>.fanout.<topic>` with one exclusive
   queue per subscribing transport;
 - Redis (redis.asyncio on the loop): replies and fanout are PUBLISH/SUBSCRIBE channels under
-  `skipper:<ns>:`; consumers refresh a per-queue liveness sorted set (server-time scores with a
-  short TTL), which `request` reads for `NoConsumers`.
+  `skipper:<ns>:`; a consumer's pub/sub connection also subscribes to `presence:<queue>`, and
+  `request` reads `PUBSUB NUMSUB` for `NoConsumers` (a killed process's subscriptions go with
+  its socket, so a dead server is noticed at once).
 Request and fanout frames carry the envelope as a JSON header followed by the raw body.
 
 Bytes bodies on work queues: Dramatiq encodes whole messages with one process-wide encoder
@@ -57,12 +66,12 @@ import pika
 import pika.exceptions
 import redis
 import redis.asyncio
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, q_name, xq_name
 from dramatiq.encoder import Encoder, JSONEncoder
-from dramatiq.errors import BrokerError
-from dramatiq.middleware import AgeLimit, CurrentMessage, Middleware, Retries, TimeLimit
+from dramatiq.errors import BrokerConnectionError, BrokerError
+from dramatiq.middleware import AgeLimit, CurrentMessage, Middleware, Retries, SkipMessage, TimeLimit
 
 from skipper.core import contracts
 from skipper.core.bus import BusOptions, Handler, Transport
@@ -75,8 +84,6 @@ log = logging.getLogger("skipper.transports.dramatiq")
 T = TypeVar("T")
 
 _WAIT_SLICE_S = 0.05  # how often a waiting actor runs Python code, so TimeLimit's interrupt lands
-_LIVE_REFRESH_S = 1.0  # Redis: consumers refresh their liveness this often ...
-_LIVE_TTL_MS = 5000  # ... and count as gone this long after their last refresh
 _CONNECT_TIMEOUT_S = 10.0
 _DEADLINE = "skipper_deadline_ms"  # message option: a request nobody waits for any more is dropped
 _BROKER_ERRORS = (BrokerError, pika.exceptions.AMQPError, redis.RedisError, OSError)
@@ -253,7 +260,9 @@ def declare_actor(
 ) -> dramatiq.Actor[Any, Any]:
     """Declare the actor of a logical queue on `broker`, with the limits from Skipper's settings.
 
-    `fn` receives the envelope dict; `CurrentMessage` gives its attempt (`options["retries"]`).
+    The limits are actor options, so a broker with Dramatiq's default middleware (the CLI's)
+    applies them too. `fn` receives the envelope dict; with the `CurrentMessage` middleware,
+    `options["retries"]` of the current message is its attempt.
     """
     name = actor_name(namespace, queue)
     return dramatiq.Actor(
@@ -281,6 +290,91 @@ class _SharedTimeLimit(TimeLimit):
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         """Already started in `__init__`: there is no process boot when the worker is embedded."""
+
+
+class ConsumerStopped(SkipMessage):
+    """A work message whose consumer stopped before acknowledging it more often than retries allow."""
+
+
+class _Redeliveries(Middleware):
+    """Counts a delivery whose consumer died before finishing it as one more attempt.
+
+    RabbitMQ flags such a delivery `redelivered`. Dramatiq's Redis broker requeues it without a
+    mark, so each delivery leaves a "started" key that is deleted once it is finished: a key
+    already there means an earlier consumer started it and never finished. A counted message is
+    re-enqueued with `retries` raised (so repeated deaths add up) and this copy is dropped.
+    """
+
+    def __init__(self, started_ttl_ms: int) -> None:
+        self.started_ttl_ms = started_ttl_ms
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        if not self._started_before(broker, message) or message.args[0].get("reply_to") is not None:
+            return  # first delivery, or a request (its caller is waiting: just serve it)
+        attempt = int(message.options.get("retries", 0)) + 1
+        max_retries = broker.get_actor(message.actor_name).options.get("max_retries", 0)
+        if attempt > max_retries:
+            message.fail()
+            raise ConsumerStopped(f"its consumer stopped before acknowledging it {attempt} time(s)")
+        log.warning("message %s on %s was not finished by its consumer; running it again as attempt %d",
+                    message.message_id, message.queue_name, attempt + 1)
+        broker.enqueue(message._message.copy(options={"retries": attempt}))
+        raise SkipMessage("re-enqueued as the next attempt")  # acks this delivery
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if isinstance(broker, RedisBroker):
+            broker.client.delete(self._started_key(broker, message))
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self.after_process_message(broker, message)
+
+    def _started_before(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> bool:
+        if isinstance(broker, RedisBroker):
+            key = self._started_key(broker, message)
+            return not broker.client.set(key, b"1", nx=True, px=self.started_ttl_ms)
+        return bool(getattr(message, "redelivered", False))
+
+    @staticmethod
+    def _started_key(broker: RedisBroker, message: dramatiq.MessageProxy) -> str:
+        return f"{broker.namespace}:started:{message.options.get('redis_message_id')}"
+
+
+class _FreshRequeueConsumer(_RabbitmqConsumer):
+    """Gives back the messages a stopping worker prefetched but never started as fresh deliveries.
+
+    Closing the channel would requeue them flagged `redelivered`, which `_Redeliveries` reads
+    as "its consumer died mid-handler"; a graceful stop must not cost them an attempt.
+    """
+
+    def requeue(self, messages: Any) -> None:
+        messages = list(messages)
+        if not messages:
+            return
+        try:
+            # Stop deliveries to this channel first, or the copies come straight back to it.
+            # (Called once the consumer thread has stopped, so this thread may use the channel.)
+            self.channel.cancel()
+        except (pika.exceptions.AMQPError, AssertionError):
+            return  # the channel is gone: the broker requeues its unacked messages (flagged)
+        for message in messages:
+            try:
+                self.broker.enqueue(message._message)
+            except BrokerConnectionError:
+                return
+            self.ack(message)  # type: ignore[no-untyped-call]
+
+
+class _RabbitmqBroker(RabbitmqBroker):
+    @property
+    def consumer_class(self) -> type[_RabbitmqConsumer]:
+        return _FreshRequeueConsumer
 
 
 class _DeadLetterReports(Middleware):
@@ -368,14 +462,16 @@ class DramatiqTransport(Transport):
         url: str,
         settings: BusSettings,
         poll_interval_s: float = 0.2,
-        redis_maintenance_chance: int | None = None,
+        redis_maintenance_chance: int = 100_000,
     ) -> None:
         """Build without I/O.
 
         `poll_interval_s` bounds how long idle Dramatiq threads sleep (close latency, retry-delay
         precision, Redis polling). `redis_maintenance_chance` (per million Redis commands) is how
         often Dramatiq's Redis broker looks for dead workers, whose unacked messages it requeues
-        after `settings.heartbeat_s` without a heartbeat; None keeps Dramatiq's default.
+        after `settings.heartbeat_s` without a heartbeat. It only requeues those of the queue the
+        command was for, so Dramatiq's default (1,000) can leave a killed trainer's command
+        waiting for minutes; a tenth of the commands costs two cheap sorted-set reads each.
         """
         super().__init__(options)
         scheme = urlsplit(url).scheme
@@ -383,13 +479,13 @@ class DramatiqTransport(Transport):
             raise ConfigError(f"the dramatiq transport needs an amqp:// or redis:// broker_url, not {scheme!r}://")
         self.kind = "rabbitmq" if scheme.startswith("amqp") else "redis"
         self.settings = settings
-        self._url = url
         self._timeout_ms = max(10, round(poll_interval_s * 1000))
         install_encoder()
         limits = _limits(options, settings)
         middleware: list[Middleware] = [
             _DeadLetterReports(self),
             AgeLimit(max_age=limits["max_age"]),
+            _Redeliveries(started_ttl_ms=limits["max_age"]),
             _SharedTimeLimit(time_limit=limits["time_limit"]),
             CurrentMessage(),
             Retries(max_retries=options.max_retries, min_backoff=limits["min_backoff"],
@@ -398,13 +494,13 @@ class DramatiqTransport(Transport):
         self.broker: RabbitmqBroker | RedisBroker
         self._side: _AmqpSide | _RedisSide
         if self.kind == "rabbitmq":
-            self.broker = RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
+            self.broker = _RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
             self._side = _AmqpSide(self, url)
         else:
-            extra = {} if redis_maintenance_chance is None else {"maintenance_chance": redis_maintenance_chance}
             self.broker = RedisBroker(  # type: ignore[no-untyped-call]
                 url=url, namespace=f"skipper:{options.namespace}", middleware=middleware,
-                heartbeat_timeout=settings.heartbeat_s * 1000 if settings.heartbeat_s > 0 else 60_000, **extra,
+                heartbeat_timeout=settings.heartbeat_s * 1000 if settings.heartbeat_s > 0 else 60_000,
+                maintenance_chance=redis_maintenance_chance,
             )
             self._side = _RedisSide(self, url)
         self._handlers: dict[str, list[Handler]] = {}
@@ -629,7 +725,12 @@ class DramatiqTransport(Transport):
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("background bus task failed: %r", task.exception())
 
     def _on_reconnect(self) -> None:
         """Called on the loop when the side channel came back after a loss."""
@@ -847,23 +948,14 @@ class _AmqpSide:
 
 # --- Redis side channel ---------------------------------------------------------------------
 
-_LIVE_REFRESH = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return 1
-"""
-_LIVE_COUNT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
-"""
-
 
 class _RedisSide:
-    """Replies and fanout over PUBLISH/SUBSCRIBE, consumer liveness in sorted sets; all on the loop."""
+    """Replies, fanout and consumer presence over PUBLISH/SUBSCRIBE, all on the event loop.
+
+    A consumer's presence is its pub/sub connection's subscription to `presence:<queue>`:
+    `PUBSUB NUMSUB` counts live consumers, and a killed process's subscriptions vanish with its
+    socket, so requests get `NoConsumers` at once instead of waiting for a TTL to run out.
+    """
 
     def __init__(self, transport: DramatiqTransport, url: str) -> None:
         self._t = transport
@@ -871,13 +963,10 @@ class _RedisSide:
             url, client_name=f"skipper-dramatiq:{transport.options.namespace}"
         )
         self._prefix = f"skipper:{transport.options.namespace}"
-        self._me = new_id()
-        self._reply_channel = f"{self._prefix}:reply:{self._me}"
+        self._reply_channel = f"{self._prefix}:reply:{new_id()}"
         self._pubsub: Any = None
         self._queues: set[str] = set()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._refresh = self._client.register_script(_LIVE_REFRESH)
-        self._count = self._client.register_script(_LIVE_COUNT)
+        self._reader: asyncio.Task[None] | None = None
         self.connected = False
 
     def exchanges(self) -> set[str]:
@@ -886,8 +975,8 @@ class _RedisSide:
     def _topic_channel(self, topic: str) -> str:
         return f"{self._prefix}:topic:{topic}"
 
-    def _live_key(self, queue: str) -> str:
-        return f"{self._prefix}:live:{queue}"
+    def _presence_channel(self, queue: str) -> str:
+        return f"{self._prefix}:presence:{queue}"
 
     async def start(self, loop: asyncio.AbstractEventLoop, *, topics: list[str]) -> None:
         try:
@@ -899,7 +988,7 @@ class _RedisSide:
             await self.close()
             raise Unavailable(f"cannot reach Redis: {exc}") from exc
         self.connected = True
-        self._tasks = [loop.create_task(self._read()), loop.create_task(self._heartbeat())]
+        self._reader = loop.create_task(self._read())
 
     async def _await_subscriptions(self, count: int) -> None:
         """Read until Redis confirmed every SUBSCRIBE, so no reply or event sent after start is lost."""
@@ -916,9 +1005,9 @@ class _RedisSide:
                 self._dispatch(message)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
         self.connected = False
         try:
             if self._pubsub is not None:
@@ -929,26 +1018,30 @@ class _RedisSide:
 
     async def withdraw(self) -> None:
         queues, self._queues = self._queues, set()
-        try:
-            for queue in queues:
-                await self._client.zrem(self._live_key(queue), self._me)
-        except (redis.RedisError, OSError):
-            log.debug("withdrawing consumer liveness failed", exc_info=True)
+        if queues and self._pubsub is not None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self._pubsub.unsubscribe(*(self._presence_channel(q) for q in queues))
 
     async def consumers_attached(self, queues: list[str], *, wait: bool = True) -> None:
-        """Announce this transport as a live consumer of `queues` (Dramatiq's Redis consumers poll)."""
+        """Announce this transport as a consumer of `queues` (Dramatiq's Redis consumers poll)."""
         self._queues.update(queues)
-        for queue in queues:
-            await self._refresh(keys=[self._live_key(queue)], args=[self._me, _LIVE_TTL_MS])
+        await self._pubsub.subscribe(*(self._presence_channel(q) for q in queues))
+        if wait:
+            # Confirmed once NUMSUB counts us: the reader task consumes the confirmations.
+            deadline = time.monotonic() + _CONNECT_TIMEOUT_S
+            for queue in queues:
+                while not await self.has_consumers(queue) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
 
     def reply_address(self) -> str:
         return self._reply_channel
 
     async def has_consumers(self, queue: str) -> bool:
         try:
-            return int(await self._count(keys=[self._live_key(queue)])) > 0
+            counts = await self._client.pubsub_numsub(self._presence_channel(queue))
         except (redis.RedisError, OSError) as exc:
             raise Unavailable(f"cannot reach Redis: {exc}") from exc
+        return bool(counts) and int(counts[0][1]) > 0
 
     async def publish(self, topic: str, frame: bytes) -> None:
         await self._publish(self._topic_channel(topic), frame)
@@ -979,32 +1072,17 @@ class _RedisSide:
         while True:
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                delay = 0.1
-                if message is not None:
-                    self._dispatch(message)
             except (redis.RedisError, OSError) as exc:
-                # redis-py reconnects and re-subscribes on the next read.
-                self._mark(False)
-                log.warning("Redis pub/sub lost, retrying in %.1fs: %s", delay, exc)
+                # redis-py reconnects and re-subscribes (replies, topics, presence) on the next read.
+                if self.connected:
+                    log.warning("Redis pub/sub lost, reconnecting: %s", exc)
+                self.connected = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._t.options.reconnect_backoff_max_s)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(_LIVE_REFRESH_S)
-            try:
-                for queue in list(self._queues):
-                    await self._refresh(keys=[self._live_key(queue)], args=[self._me, _LIVE_TTL_MS])
-                if not self._queues:
-                    await self._client.ping()
-                self._mark(True)
-            except (redis.RedisError, OSError) as exc:
-                log.warning("Redis unreachable: %s", exc)
-                self._mark(False)
-
-    def _mark(self, up: bool) -> None:
-        if up and not self.connected:
-            self.connected = True
-            self._t._on_reconnect()
-        elif not up:
-            self.connected = False
+                continue
+            delay = 0.1
+            if not self.connected:
+                self.connected = True
+                self._t._on_reconnect()
+            if message is not None:
+                self._dispatch(message)
