@@ -44,6 +44,13 @@ base64-encoded. `install_encoder()` installs it; every `DramatiqTransport` calls
 For the `dramatiq` CLI: messages are ordinary Dramatiq messages for actor `actor_name(ns, queue)`
 on queue `<ns>.<queue>` with one argument, the envelope dict. A worker module can declare a
 compatible actor with `declare_actor(broker, ...)` after `install_encoder()`.
+
+Dramatiq internals this relies on (dramatiq 2.x): `Worker._add_consumer` (queue filter and
+per-queue prefetch), `_RabbitmqConsumer.requeue`, `MessageProxy._message`/`._exception`.
+
+Broker configuration note: RabbitMQ closes a channel whose delivery stays unacked longer than
+its `consumer_timeout` (30 minutes by default); set it above `bus.time_limit_s`, or a long
+training run is redelivered (as its next attempt) while it is still going.
 """
 
 from __future__ import annotations
