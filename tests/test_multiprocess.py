@@ -39,7 +39,8 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
     with postgres_schema() as database_url:
         env = {"SKIPPER_TRANSPORT": transport, "SKIPPER_BROKER_URL": url, "SKIPPER_DATABASE_URL": database_url,
                "SKIPPER_NAMESPACE": f"mp-{uuid.uuid4().hex[:10]}", "SKIPPER_LOG_LEVEL": "INFO",
-               "SKIPPER_BUS__RETRY_BACKOFF_S": "0.2", "SKIPPER_HTTP__PREDICT_TIMEOUT_S": "3"}
+               "SKIPPER_BUS__RETRY_BACKOFF_S": "0.2", "SKIPPER_BUS__HEARTBEAT_S": "3",
+               "SKIPPER_HTTP__PREDICT_TIMEOUT_S": "3"}
         deployment = Cluster(env=env, workdir=tmp_path)
         try:
             yield deployment
