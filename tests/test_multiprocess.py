@@ -107,7 +107,7 @@ def test_a_trainer_killed_mid_training_is_replaced_and_the_task_still_succeeds(c
     api = cluster.start("api", "api")
     trainer = cluster.start("trainer", "trainer1")
     status, body = http("POST", f"{api.url}/workflows/diabetes/train",
-                        {"params": {"epochs": 400, "batch_size": 8, "early_stopping": None}})
+                        {"params": {"epochs": 150, "batch_size": 8, "early_stopping": None}})
     assert status == 202
     task_id = body["task_id"]
     eventually(lambda: (http("GET", f"{api.url}/tasks/{task_id}")[1].get("progress") or {}).get("epoch", 0) >= 2,
