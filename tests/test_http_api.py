@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from skipper.core import contracts
+from skipper.core.errors import Unavailable
 from skipper.core.messages import Message
 from skipper.core.runtime import Runtime
 from tests.apphelpers import running_skipper
@@ -305,3 +306,20 @@ async def test_openapi_describes_every_endpoint(api: tuple[httpx.AsyncClient, Ru
         assert f"/api/v1/skipper{path}" in paths, path
     assert "post" in paths["/api/v1/skipper/models/{model}/predict"]
     assert "422" in {str(k) for k in paths["/api/v1/skipper/models/{model}/predict"]["post"]["responses"]}
+
+
+async def test_train_while_the_broker_is_down_is_503_and_the_task_is_recorded_failed_not_lost(
+    api: tuple[httpx.AsyncClient, Runtime], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, runtime = api
+
+    async def broker_down(queue: str, msg: Message) -> None:
+        # What every broker transport raises while its connection is down (see test_rabbitmq.py).
+        raise Unavailable("connection to the broker is down")
+
+    monkeypatch.setattr(runtime.bus, "send", broker_down)
+    response = await client.post("/workflows/diabetes/train", json={})
+    assert_error(response, 503, "unavailable")
+    task_id = response.json()["error"]["details"]["task_id"]
+    task = (await client.get(f"/tasks/{task_id}")).json()
+    assert task["status"] == "failed" and "broker" in task["error"]["message"]

@@ -128,6 +128,27 @@ def test_a_trainer_killed_mid_training_is_replaced_and_the_task_still_succeeds(c
     assert "task.retried" in kinds
 
 
+def test_a_train_command_that_keeps_failing_ends_failed_with_its_error(cluster: Cluster, tmp_path: Path) -> None:
+    config = tmp_path / "boom.yaml"
+    config.write_text(
+        "workflows:\n"
+        "  boom:\n"
+        "    model: boom\n"
+        "    kind: regression\n"
+        "    dataset: {source: sklearn, name: diabetes}\n"
+        "    trainer: tests.plugins:explode\n"
+    )
+    env = {"SKIPPER_CONFIG": str(config), "SKIPPER_BUS__MAX_RETRIES": "2"}
+    api = cluster.start("api", "api", extra_env=env)
+    cluster.start("trainer", "trainer", extra_env=env)
+    task = train(api, "boom", timeout=120)
+    assert task["status"] == "failed", task
+    assert "unobtainium" in task["error"]["message"]
+    assert task["attempts"] == 3  # the first try and max_retries retries, then the dead letter
+    kinds = [e["kind"] for e in http("GET", f"{api.url}/tasks/{task['task_id']}/events")[1]["events"]]
+    assert "message.dead_lettered" in kinds and kinds[-1] in ("task.failed", "message.dead_lettered")
+
+
 async def test_predict_with_no_server_is_a_fast_503_and_a_silent_server_a_504(cluster: Cluster) -> None:
     api = cluster.start("api", "api")
     trainer = cluster.start("trainer", "trainer")
