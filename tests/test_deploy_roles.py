@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,10 +28,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
 from skipper.core.db import Database
-from tests.services import POSTGRES_URL, RABBITMQ_URL, require_postgres, require_rabbitmq
+from tests.processes import free_port, postgres_schema
+from tests.services import RABBITMQ_URL, require_postgres, require_rabbitmq
 from tests.test_deploy_manifests import (
     API_BASE,
     named_port,
@@ -55,12 +54,6 @@ ROWS = [
     [-0.002, -0.045, -0.051, -0.026, -0.008, -0.019, 0.074, -0.039, -0.068, -0.092],
 ]
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def eventually(check: Callable[[], T | None], *, timeout: float, what: str) -> T:
@@ -105,16 +98,8 @@ class Process:
 def schema_url() -> Iterator[str]:
     """A fresh PostgreSQL schema; the database URL whose connections use it."""
     require_postgres()
-    schema = f"deploy_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture
