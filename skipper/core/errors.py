@@ -27,10 +27,6 @@ class BadRequest(SkipperError):
     code, status = "bad_request", 400
 
 
-class Unauthorized(SkipperError):
-    code, status = "unauthorized", 401
-
-
 class NotFound(SkipperError):
     code, status = "not_found", 404
 

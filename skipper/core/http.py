@@ -23,7 +23,7 @@ from skipper.core.messages import new_id
 from skipper.core.module import Module
 
 API_BASE = "/api/v1/skipper"
-CORRELATION_HEADER = "x-correlation-id"
+CORRELATION_HEADER = b"x-correlation-id"
 
 log = logging.getLogger("skipper.http")
 
@@ -47,7 +47,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    # Starlette re-raises after this response, and uvicorn logs the traceback once.
     body = {"error": {"code": "internal_error", "message": "internal server error", "details": {}}}
     return JSONResponse(body, status_code=500)
 
@@ -106,7 +106,7 @@ class CorrelationIdMiddleware:
             return
         cid = None
         for name, value in scope["headers"]:
-            if name == b"x-correlation-id":
+            if name == CORRELATION_HEADER:
                 cid = value.decode("latin-1")[:64]
                 break
         cid = cid or new_id()
@@ -116,7 +116,7 @@ class CorrelationIdMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", []).append((b"x-correlation-id", raw_cid))
+                message.setdefault("headers", []).append((CORRELATION_HEADER, raw_cid))
             await send(message)
 
         try:

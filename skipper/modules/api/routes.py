@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from skipper.core import contracts
+from skipper.core import artifacts, contracts
 from skipper.core.bus import Transport
 from skipper.core.errors import Conflict, ModelNotReady, NotFound, SkipperError, Unavailable
 from skipper.core.events import EventEmitter
@@ -239,7 +239,7 @@ class ApiRoutes:
         version = await asyncio.to_thread(self._registry.get, request.path_params["model"], request.path_params["version"])
         data = await asyncio.to_thread(self._store.read, version.path)
         filename = f"{version.model}-v{version.version}.tar.gz"
-        return Response(data, media_type="application/gzip", headers={
+        return Response(data, media_type=artifacts.MEDIA_TYPE, headers={
             "content-disposition": f'attachment; filename="{filename}"', "x-sha256": version.sha256})
 
     async def predict(self, request: Request) -> Response:
