@@ -79,6 +79,14 @@ class Role:
     def models(self) -> dict[str, int]:
         return dict(self.ready().get("models", {}))
 
+    def metric(self, name: str) -> float:
+        """A sample from this process's /metrics (0 when absent), e.g. `skipper_served_predictions_total{model="m"}`."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()

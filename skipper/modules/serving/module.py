@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter, Gauge
+
 from skipper.core import contracts
 from skipper.core.bus import Transport
 from skipper.core.errors import ArtifactRejected, ModelNotReady, SkipperError, ValidationFailed
@@ -21,6 +23,9 @@ from skipper.modules.serving.batching import Batcher, rows_from_instances
 from skipper.modules.serving.predictor import Predictor, resolve_predictor
 
 log = logging.getLogger("skipper.serving")
+
+SERVED = Counter("skipper_served_predictions_total", "Predict requests this server answered", ["model"])
+SERVED_VERSION = Gauge("skipper_served_model_version", "The model version this server serves", ["model"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +138,7 @@ class ServingModule(Module):
             await self._events.emit("predict.failed", correlation_id=msg.correlation_id, model=name,
                                     version=loaded.version, error=f"{type(exc).__name__}: {exc}")
             raise
+        SERVED.labels(name).inc()
         return msg.reply({"predictions": predictions, "model": name, "model_version": loaded.version})
 
     # --- model distribution --------------------------------------------------------------
@@ -202,6 +208,7 @@ class ServingModule(Module):
         # The swap: one reference assignment on the loop. Requests that already looked up
         # `old` finish on it; every later lookup sees the new version.
         self._models[release.model] = Loaded(release, prepared.predictor, batcher, prepared.directory)
+        SERVED_VERSION.labels(release.model).set(release.version)
         if old is not None:
             self._spawn(self._retire(old))
         return inline
