@@ -56,6 +56,7 @@ class FakeApi:
         self.seen: list[tuple[str, str, str | None]] = []
         routes = [
             Route(BASE + "/auth/{case}", self.auth, methods=["GET"]),
+            Route(BASE + "/workflows", self.workflows, methods=["GET"]),
             Route(BASE + "/status/{status:int}", self.status, methods=["GET", "POST"]),
             Route(BASE + "/tasks/{task_id}", self.task, methods=["GET"]),
             Route(BASE + "/tasks/{task_id}/events", self.events, methods=["GET"]),
@@ -72,6 +73,12 @@ class FakeApi:
         if request.path_params["case"] == "admin":
             return error(403, "forbidden", "this key lacks the 'admin' scope")
         return JSONResponse({"ok": True})
+
+    async def workflows(self, request: Request) -> Response:
+        self.seen.append((request.method, request.url.path, request.headers.get("authorization")))
+        if request.headers.get("authorization", "") != f"Bearer {KEY}":
+            return error(401, "unauthorized", "missing or unknown API key", **{"www-authenticate": "Bearer"})
+        return JSONResponse({"workflows": []})
 
     async def status(self, request: Request) -> Response:
         status = request.path_params["status"]
