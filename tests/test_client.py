@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from skipper.client import (
@@ -90,6 +91,7 @@ def test_results_are_typed_and_keep_the_servers_json(client: Client, skipper_ser
     assert len(page) == 1 and page.total >= 1 and page[0].status == "succeeded"
     by_name = client.predict("diabetes", [dict(zip(FEATURES, ROW, strict=True)), ROW])
     assert len(by_name) == 2 and by_name[0] == pytest.approx(by_name[1])
+    assert client.predict("diabetes", np.array([ROW, ROW])) == by_name  # a NumPy array goes as nested lists
 
 
 def test_waiting_for_a_finished_task_returns_at_once_with_its_install(client: Client, skipper_server: LiveSkipper) -> None:

@@ -46,6 +46,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1, or SKIPPER_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8000, or SKIPPER_PORT).")] = None,
     config: Annotated[str | None, typer.Option(help="YAML file overriding the defaults (or SKIPPER_CONFIG).")] = None,
+    version: VersionFlag = False,
 ) -> None:
     """Start Skipper: what `python -m skipper` does (all in one process by default)."""
     from skipper.__main__ import main as serve_main

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -135,7 +136,7 @@ class AsyncClient:
     async def deploy(self, model: str, version: int) -> ModelVersion:
         return await self._do(calls.deploy(model, version))
 
-    async def predict(self, model: str, rows: list[Any], version: int | None = None) -> Predictions:
+    async def predict(self, model: str, rows: Iterable[Any], version: int | None = None) -> Predictions:
         return await self._do(calls.predict(model, rows, version))
 
     async def download_artifact(self, model: str, version: int, path: str | os.PathLike[str]) -> Artifact:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -109,7 +109,7 @@ def artifact_path(name: str, version: int) -> str:
     return f"/models/{segment(name)}/versions/{int(version)}/artifact"
 
 
-def predict(name: str, rows: Sequence[Any], version: int | None) -> Call[Predictions]:
+def predict(name: str, rows: Iterable[Any], version: int | None) -> Call[Predictions]:
     def parse(body: Any) -> Predictions:
         result = Predictions(list(body["predictions"]), body)
         if version is not None and result.model_version != version:
@@ -118,7 +118,9 @@ def predict(name: str, rows: Sequence[Any], version: int | None) -> Call[Predict
                 f"skipper deploy {name} {version}", expected=version, serving=result.model_version)
         return result
 
-    return Call("POST", f"/models/{segment(name)}/predict", parse, json={"instances": list(rows)})
+    # A NumPy array (or anything with tolist) goes as nested lists; JSON has no arrays of its own.
+    instances = rows.tolist() if hasattr(rows, "tolist") else list(rows)
+    return Call("POST", f"/models/{segment(name)}/predict", parse, json={"instances": instances})
 
 
 def event_list(raw: list[dict[str, Any]]) -> list[Event]:

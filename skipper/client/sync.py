@@ -6,6 +6,7 @@ import hashlib
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -157,8 +158,8 @@ class Client:
         """Make `version` production (promote or roll back); every server swaps to it."""
         return self._do(calls.deploy(model, version))
 
-    def predict(self, model: str, rows: list[Any], version: int | None = None) -> Predictions:
-        """Predictions for `rows` (lists in feature order, or {feature: value} objects) from the production version.
+    def predict(self, model: str, rows: Iterable[Any], version: int | None = None) -> Predictions:
+        """Predictions from the production version for `rows`: lists in feature order, {feature: value} objects, or a 2-D array.
 
         With `version`, raises `VersionNotServing` unless that version answered.
         """
