@@ -22,14 +22,20 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /build
 COPY pyproject.toml requirements.lock ./
-# The [project] dependencies only (no dev extras, not the package itself, which runs from
-# /app so that config/skipper.yaml resolves next to it), every version pinned by the lock.
+# The [project] dependencies first, every version pinned by the lock: their own layer, rebuilt
+# only when pyproject.toml or the lock change.
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.in \
- && pip install --require-virtualenv -r requirements.in -c requirements.lock \
+ && pip install --require-virtualenv -r requirements.in -c requirements.lock
+# Then Skipper itself, installed as a wheel (not editable), as `pip install .` does anywhere:
+# its default config ships inside the package, so nothing of the source tree is needed at run time.
+COPY setup.py README.md ./
+COPY config/ config/
+COPY skipper/ skipper/
+RUN pip install --require-virtualenv --no-deps . \
  && pip check
 
 # ---------------------------------------------------------------------------------------
-# runtime: the venv, the package and its config; nothing else
+# runtime: the venv (dependencies and the installed package); nothing else
 # ---------------------------------------------------------------------------------------
 FROM python:3.11-slim AS runtime
 
@@ -38,7 +44,6 @@ LABEL org.opencontainers.image.title="skipper" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
@@ -48,17 +53,14 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 # A fixed numeric uid/gid so that Kubernetes' runAsNonRoot can verify it.
 RUN groupadd --system --gid 10001 skipper \
- && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin skipper \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/skipper --no-create-home --shell /usr/sbin/nologin skipper \
  && mkdir -p /var/lib/skipper \
  && chown 10001:10001 /var/lib/skipper
 
+# pip byte-compiled everything it installed: the root filesystem is read-only at run time.
 COPY --from=builder /opt/venv /opt/venv
 
-WORKDIR /app
-COPY config/ /app/config/
-COPY skipper/ /app/skipper/
-# Byte-compile at build time (pip already did the venv): the root filesystem is read-only at run time.
-RUN python -m compileall -q /app/skipper
+WORKDIR /var/lib/skipper
 
 USER 10001:10001
 

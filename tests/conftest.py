@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from skipper.core.bus import BusOptions, Transport
 from skipper.core.messages import new_id
+from tests.liveserver import LiveSkipper, live_skipper
 from tests.transports import FACTORIES
 
 
@@ -47,3 +48,10 @@ async def bus_factory(request: pytest.FixtureRequest) -> AsyncIterator[BusFactor
         yield factory
         for transport in factory.built:
             await transport.close()
+
+
+@pytest.fixture(scope="session")
+def skipper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSkipper]:
+    """One live all-in-one Skipper process for the client and CLI tests, with diabetes trained once."""
+    with live_skipper(tmp_path_factory.mktemp("skipper-live")) as server:
+        yield server

@@ -16,7 +16,6 @@ from dockerfile_parse import DockerfileParser
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from skipper.core import settings as settings_module
 from skipper.core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,25 +115,27 @@ def test_the_healthcheck_asks_skipper_for_health_without_curl() -> None:
 def test_dependencies_are_installed_from_pyproject_pinned_by_requirements_lock() -> None:
     builder = stages()[0]
     assert any("requirements.lock" in c.split() for c in values(builder, "COPY"))
-    installs = [r for r in values(builder, "RUN") if "pip install" in r]
+    installs = [r for r in values(builder, "RUN") if "pip install" in r and "requirements.in" in r]
     assert len(installs) == 1
     assert re.search(r"(-c|--constraint)\s+requirements\.lock", installs[0]), installs[0]
     assert "['project']['dependencies']" in installs[0], "install what pyproject's [project] names"
     assert "[dev]" not in installs[0]
 
 
-def test_config_resolves_next_to_the_package_in_the_image() -> None:
+def test_skipper_is_installed_as_a_package_and_the_image_has_no_source_tree() -> None:
+    builder = stages()[0]
+    runs = values(builder, "RUN")
+    (install,) = [r for r in runs if re.search(r"pip install [^&]*--no-deps \.(\s|$)", r)]
+    assert " -e " not in install and "--editable" not in install, "a wheel install, not an editable one"
+    assert runs.index(install) > next(i for i, r in enumerate(runs) if "requirements.in" in r), "dependencies first"
+    copied = " ".join(values(builder, "COPY"))
+    for source in ("setup.py", "config/", "skipper/"):
+        assert source in copied.split(), f"the builder needs {source} to build the package"
     final = final_stage()
-    copies = values(final, "COPY")
-    assert "skipper/ /app/skipper/" in copies and "config/ /app/config/" in copies
-    assert values(final, "WORKDIR")[-1] == "/app"
-    assert env_of(final)["PYTHONPATH"] == "/app"
-    # settings.py finds the defaults relative to its own file, as it would in /app/skipper/core/.
-    here = Path(settings_module.__file__).resolve()
-    relative = here.relative_to(ROOT)
-    image_file = PurePosixPath("/app") / relative.as_posix()
-    assert settings_module.DEFAULTS_FILE.relative_to(ROOT).as_posix() == "config/skipper.yaml"
-    assert image_file.parents[2] / "config" / "skipper.yaml" == PurePosixPath("/app/config/skipper.yaml")
+    # Only the venv reaches the runtime: the config is package data (see setup.py), found without PYTHONPATH.
+    assert values(final, "COPY") == ["--from=builder /opt/venv /opt/venv"]
+    assert "PYTHONPATH" not in env_of(final)
+    assert values(final, "WORKDIR")[-1] == env_of(final)["SKIPPER_DATA_DIR"]
 
 
 def test_the_image_data_dir_is_writable_by_its_user() -> None:

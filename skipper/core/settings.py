@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,10 +20,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from skipper.core.errors import ConfigError
 
-DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "config" / "skipper.yaml"
+
+def _defaults_file() -> Traversable:
+    """`config/skipper.yaml`: package data in an installed wheel, else the source checkout's file.
+
+    The wheel ships the repository's `config/` as `skipper/config/` (see setup.py). An editable
+    install or a plain checkout has no such directory inside the package and reads `config/` beside it.
+    """
+    packaged = resources.files("skipper").joinpath("config", "skipper.yaml")
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "config" / "skipper.yaml"
+
+
+DEFAULTS_FILE = _defaults_file()
 ENV_PREFIX = "SKIPPER_"
 # Read by the CLI or by tools around Skipper, not settings fields.
-_ENV_NOT_SETTINGS = {"SKIPPER_CONFIG", "SKIPPER_ROLE"}
+_ENV_NOT_SETTINGS = {"SKIPPER_CONFIG", "SKIPPER_ROLE", "SKIPPER_URL", "SKIPPER_API_KEY"}
 
 
 class _Section(BaseModel):
@@ -140,7 +155,7 @@ def load_settings(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
-    defaults_file: Path = DEFAULTS_FILE,
+    defaults_file: Traversable = DEFAULTS_FILE,
 ) -> Settings:
     """Merge defaults, an optional config file, the environment and explicit overrides."""
     env = os.environ if environ is None else environ
@@ -157,7 +172,7 @@ def load_settings(
         raise ConfigError(f"invalid settings: {problems}", details={"errors": exc.errors(include_url=False)}) from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Traversable) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:

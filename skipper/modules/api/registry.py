@@ -49,9 +49,12 @@ class RegistryService:
             raise ValidationFailed(f"registry does not handle messages of type {msg.type!r}")
         return await handler(msg)
 
-    async def announce(self, version: ModelVersion, correlation_id: str | None = None) -> None:
-        """Publish a production version to every server: inline bytes when small, else a reference."""
-        headers = version.announcement()
+    async def announce(self, version: ModelVersion, correlation_id: str | None = None, *, task_id: str | None = None) -> None:
+        """Publish a production version to every server: inline bytes when small, else a reference.
+
+        A freshly trained version carries its `task_id`: servers put it on their install events.
+        """
+        headers = version.announcement() | ({"task_id": task_id} if task_id else {})
         body: dict[str, Any] | bytes = {"ref": True}
         if version.size <= self._inline_max:
             body = await asyncio.to_thread(self._store.read, version.path)
@@ -126,7 +129,7 @@ class RegistryService:
         finished = await asyncio.to_thread(self._tasks.finish, task_id, "succeeded", result=result)
         if created or finished:
             await self._events.emit("task.succeeded", task_id=task_id, correlation_id=msg.correlation_id, **result)
-            await self.announce(version, msg.correlation_id)
+            await self.announce(version, msg.correlation_id, task_id=task_id)
 
     async def _production(self, msg: Message) -> Message:
         versions = await asyncio.to_thread(self._registry.production)
