@@ -26,7 +26,7 @@ async def running_skipper(
     await runtime.start()
     transport = httpx.ASGITransport(app=runtime.app())
     try:
-        async with httpx.AsyncClient(transport=transport, base_url=f"http://skipper{BASE}") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://127.0.0.1{BASE}") as client:
             yield client, runtime
     finally:
         await runtime.stop()

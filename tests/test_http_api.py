@@ -296,7 +296,9 @@ async def test_the_original_skipper_routes_keep_working(api: tuple[httpx.AsyncCl
     assert predicted.status_code == 200
     body = predicted.json()
     assert body["task_status"] == "SUCCESS" and body["outcome"]["predictions"] == [10.0]
-    assert_error(await client.post("/tasks/diabetes/task_predict", json={"payload": "{oops"}), 400, "bad_request")
+    # a payload that is not JSON is invalid input (422), never a default training or prediction
+    assert_error(await client.post("/tasks/diabetes/task_predict", json={"payload": "{oops"}), 422, "validation_failed",
+                 "payload")
 
 
 async def test_openapi_describes_every_endpoint(api: tuple[httpx.AsyncClient, Runtime]) -> None:
