@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, field_validator
 
 from skipper.core.routing import PageQuery
 from skipper.core.settings import NAME_PATTERN, TrainParams
@@ -81,7 +81,15 @@ class LegacyRequest(BaseModel):
     """The original Skipper's request: the payload as an object or a JSON-encoded string."""
 
     task_type: str | None = None
-    payload: dict[str, Any] | list[Any] | str
+    payload: Annotated[Any, WithJsonSchema({"anyOf": [{"type": "object"}, {"type": "array"}, {"type": "string"}]})]
+
+    @field_validator("payload")
+    @classmethod
+    def _payload_kind(cls, payload: Any) -> Any:
+        # One message for the three accepted kinds (a union would name each member in the error's field).
+        if not isinstance(payload, (dict, list, str)):
+            raise ValueError("payload must be an object, a list of rows, or a JSON-encoded string")
+        return payload
 
 
 # --- responses ---------------------------------------------------------------------------------
