@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,10 +53,32 @@ def error_response(exc: SkipperError, style: ErrorStyle = SKIPPER_ERRORS) -> JSO
 
 
 def build_routes(groups: Sequence[RouteGroup], guard: Guard, options: Options) -> list[Route]:
-    return [to_route(endpoint, group, guard, options) for group in groups for endpoint in group.endpoints]
+    """One Starlette route per path (in declaration order), dispatching on the method: a 405 then lists
+    every method the path has in `Allow`, not only those of the first route Starlette tried."""
+    by_path: dict[str, dict[str, Handler]] = {}
+    for group in groups:
+        for endpoint in group.endpoints:
+            methods = by_path.setdefault(group.prefix + endpoint.path, {})
+            assert endpoint.method not in methods, f"{endpoint.method} {group.prefix}{endpoint.path} is declared twice"
+            methods[endpoint.method] = to_handler(endpoint, group, guard, options)
+    return [_route(path, methods) for path, methods in by_path.items()]
 
 
-def to_route(endpoint: Endpoint, group: RouteGroup, guard: Guard, options: Options) -> Route:
+def _route(path: str, methods: dict[str, Handler]) -> Route:
+    if len(methods) == 1:
+        [(method, handler)] = methods.items()
+        return Route(path, handler, methods=[method], include_in_schema=False)
+
+    async def dispatch(request: Request) -> Response:
+        return await methods["GET" if request.method == "HEAD" else request.method](request)
+
+    return Route(path, dispatch, methods=list(methods), include_in_schema=False)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def to_handler(endpoint: Endpoint, group: RouteGroup, guard: Guard, options: Options) -> Handler:
     style = group.errors
     check_content = endpoint.unsafe and endpoint.content == "json"
 
@@ -71,6 +93,9 @@ def to_route(endpoint: Endpoint, group: RouteGroup, guard: Guard, options: Optio
             body: Any = None
             if endpoint.body is not None:
                 body = await read_json(request, options.max_body_bytes, options.max_json_depth)
+                if body is None:
+                    raise ValidationFailed("the request body must be a JSON object, not null", details={"field": "body"})
+                body = None if body is NO_BODY else body
                 if endpoint.validate_body:
                     body = _body(endpoint.body, body, endpoint.body_required)
             return await endpoint.handler(Call(request, path, query, body, principal))
@@ -78,7 +103,7 @@ def to_route(endpoint: Endpoint, group: RouteGroup, guard: Guard, options: Optio
             return error_response(exc, style)
 
     run.__name__ = getattr(endpoint.handler, "__name__", "endpoint")
-    return Route(group.prefix + endpoint.path, run, methods=[endpoint.method], include_in_schema=False)
+    return run
 
 
 # --- browser safety ---------------------------------------------------------------------------
@@ -147,8 +172,11 @@ def _invalid(exc: ValidationError, *, prefix: str) -> ValidationFailed:
     })
 
 
+NO_BODY: Any = object()  # what `read_json` returns for an empty body (as opposed to a JSON `null`)
+
+
 async def read_json(request: Request, max_bytes: int, max_depth: int = 32) -> Any:
-    """The request body parsed as JSON (None when empty): 413 above `max_bytes`, 400 when not JSON or too deep."""
+    """The request body parsed as JSON (`NO_BODY` when empty): 413 above `max_bytes`, 400 when not JSON or too deep."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {max_bytes}",
@@ -165,7 +193,7 @@ async def read_json(request: Request, max_bytes: int, max_depth: int = 32) -> An
             chunks.append(chunk)
         raw = b"".join(chunks)
     if not raw.strip():
-        return None
+        return NO_BODY
     return loads(raw, max_depth)
 
 

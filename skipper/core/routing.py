@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -106,18 +106,21 @@ class PageQuery(BaseModel):
     offset: int = Field(0, ge=0, le=2**31 - 1, description="skip this many items first")
 
 
-class SkipperErrorBody(BaseModel):
+class ErrorBody(BaseModel):
     code: str
     message: str
     details: dict[str, Any]
 
 
-class SkipperError_(BaseModel):
-    model_config = ConfigDict(title="SkipperError")
-    error: SkipperErrorBody
+class ErrorResponse(BaseModel):
+    """Skipper's error: a stable code, a message for people, details (e.g. `field`) for programs."""
+
+    error: ErrorBody
 
 
 class StringError(BaseModel):
+    """The inference protocols' error: one message."""
+
     error: str
 
 
@@ -130,7 +133,7 @@ class ErrorStyle:
     schema: type[BaseModel]
 
 
-SKIPPER_ERRORS = ErrorStyle("skipper", lambda exc: exc.to_payload(), SkipperError_)
+SKIPPER_ERRORS = ErrorStyle("skipper", lambda exc: exc.to_payload(), ErrorResponse)
 STRING_ERRORS = ErrorStyle("string", lambda exc: {"error": exc.message}, StringError)
 
 
