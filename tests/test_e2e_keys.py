@@ -105,6 +105,10 @@ async def test_scoped_keys_train_serve_predict_and_roll_back_and_wrong_keys_are_
     assert checked >= 16
 
     # the state changes were audited under the keys' names
-    audit = (await client.get("/events", params={"kind": "audit"}, headers=read)).json()["events"]
-    assert {(e["fields"]["action"], e["fields"]["key"]) for e in audit} == {
-        ("train", "train-key"), ("deploy", "deploy-key"), ("cancel", "train-key")}
+    expected = {("train", "train-key"), ("deploy", "deploy-key"), ("cancel", "train-key")}
+    for _ in range(200):  # events reach the log over the bus
+        audit = (await client.get("/events", params={"kind": "audit"}, headers=read)).json()["events"]
+        if {(e["fields"]["action"], e["fields"]["key"]) for e in audit} == expected:
+            break
+        await asyncio.sleep(0.05)
+    assert {(e["fields"]["action"], e["fields"]["key"]) for e in audit} == expected

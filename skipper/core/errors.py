@@ -1,4 +1,4 @@
-"""Typed errors. Each carries a stable code and HTTP status; `skipper.core.http` maps them."""
+"""Typed errors. Each carries a stable code and HTTP status; `skipper.core.pipeline.error_response` writes them."""
 
 from __future__ import annotations
 

@@ -120,8 +120,10 @@ def _responses(e: Endpoint, error: dict[str, Any], ref: Any) -> dict[str, Any]:
     if e.scope != OPEN:
         errors |= {401: STATUS_TEXT[401], 403: STATUS_TEXT[403]}
     if e.unsafe:
-        errors |= {413: STATUS_TEXT[413], 415: STATUS_TEXT[415]}
+        errors |= {415: STATUS_TEXT[415]}
         errors.setdefault(403, STATUS_TEXT[403])
+    if e.body is not None:
+        errors |= {413: STATUS_TEXT[413]}
     if e.path_params is not None:
         errors.setdefault(404, STATUS_TEXT[404])
     if e.query is not None or e.body is not None:
