@@ -57,7 +57,7 @@ def docs_endpoints(base: str, title: str) -> list[Endpoint]:
             "cache-control": "public, max-age=86400", "x-content-type-options": "nosniff"})
 
     return [
-        Endpoint("GET", "/docs", docs_page, scope=OPEN, summary="This API's documentation (Swagger UI).",
+        Endpoint("GET", "/docs", docs_page, scope=OPEN, summary="This API's documentation (Swagger UI).", tags=("service",),
                  responses={200: Reply(description="HTML page", media_type="text/html")}),
         Endpoint("GET", "/docs/{asset}", docs_asset, scope=OPEN, path_params=AssetPath, in_schema=False),
     ]

@@ -39,6 +39,7 @@ __all__ = ["API_BASE", "create_app", "request_correlation_id"]
 CORRELATION_HEADER = b"x-correlation-id"
 _CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 StyleFor = Callable[[str], ErrorStyle]
+SERVICE = ("service",)
 
 log = logging.getLogger("skipper.http")
 
@@ -105,14 +106,14 @@ def service_endpoints(*, role: str, modules: Sequence[Module], settings: Setting
         return JSONResponse(document())
 
     return [
-        Endpoint("GET", "/health", health, scope=OPEN, summary="Liveness: answers while the process runs.",
+        Endpoint("GET", "/health", health, scope=OPEN, summary="Liveness: answers while the process runs.", tags=SERVICE,
                  responses={200: Health}),
         Endpoint("GET", "/ready", ready, scope=OPEN, summary="Readiness, and the model versions this process serves.",
-                 responses={200: Readiness, 503: Readiness}),
+                 tags=SERVICE, responses={200: Readiness, 503: Readiness}),
         Endpoint("GET", "/metrics", metrics, scope="read" if settings.auth.protect_metrics else OPEN,
-                 summary="Prometheus metrics.", responses={200: Reply(description="Prometheus text format",
+                 summary="Prometheus metrics.", tags=SERVICE, responses={200: Reply(description="Prometheus text format",
                                                                       media_type="text/plain")}),
-        Endpoint("GET", "/openapi.json", openapi_json, scope=OPEN, summary="This API's OpenAPI document.",
+        Endpoint("GET", "/openapi.json", openapi_json, scope=OPEN, summary="This API's OpenAPI document.", tags=SERVICE,
                  responses={200: OpenApiDocument}),
         *docs_endpoints(API_BASE, "Skipper"),
     ]
