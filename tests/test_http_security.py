@@ -165,8 +165,8 @@ async def test_cors_is_off_unless_origins_are_listed(tmp_path: Path) -> None:
 # --- hostile input ------------------------------------------------------------------------------------
 
 
-async def test_deeply_nested_json_is_400_and_the_process_keeps_serving(tmp_path: Path) -> None:
-    async with api(tmp_path, http={"max_json_depth": 32}) as (client, runtime):
+async def test_deeply_nested_json_is_400_and_the_process_keeps_serving(tmp_path: Path, database_url: str) -> None:
+    async with api(tmp_path, http={"max_json_depth": 32}, database_url=database_url) as (client, runtime):
         await trained(runtime)
         nested = b"[" * 2000  # the 4 KB of nested brackets was a 500
         deep_object = b'{"params": ' + b'{"a": ' * 40 + b"1" + b"}" * 41
@@ -228,8 +228,10 @@ async def test_unknown_model_names_never_become_metric_labels(tmp_path: Path) ->
         assert 'model="diabetes"' in after
 
 
-async def test_the_original_routes_validate_their_payload_and_never_train_on_defaults(tmp_path: Path) -> None:
-    async with api(tmp_path) as (client, runtime):
+async def test_the_original_routes_validate_their_payload_and_never_train_on_defaults(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with api(tmp_path, database_url=database_url) as (client, runtime):
         await trained(runtime)
         url = "/tasks/diabetes/task_training"
         for body, field in [(None, "body"), ({}, "payload"), ({"task_type": "training"}, "payload"),
