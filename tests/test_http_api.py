@@ -88,7 +88,11 @@ async def test_train_returns_202_with_a_queued_task_and_resolved_params(api: tup
     assert len((await client.get("/health")).headers["x-correlation-id"]) == 32  # one is made when none is sent
     listed = (await client.get("/tasks", params={"workflow": "diabetes", "status": "queued"})).json()
     assert listed["total"] == 1 and listed["tasks"][0]["task_id"] == body["task_id"]
-    events = (await client.get(f"/tasks/{body['task_id']}/events")).json()["events"]
+    for _ in range(100):  # events reach the log over the bus, a moment after the response
+        events = (await client.get(f"/tasks/{body['task_id']}/events")).json()["events"]
+        if events:
+            break
+        await asyncio.sleep(0.02)
     assert [e["kind"] for e in events] == ["task.queued"]
     assert events[0]["correlation_id"] == "req-42"
 
