@@ -26,7 +26,7 @@ async def running_skipper(
     await runtime.start()
     transport = httpx.ASGITransport(app=runtime.app())
     try:
-        async with httpx.AsyncClient(transport=transport, base_url=f"http://skipper{BASE}") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://127.0.0.1{BASE}") as client:
             yield client, runtime
     finally:
         await runtime.stop()
@@ -41,3 +41,22 @@ async def wait_for_task(client: httpx.AsyncClient, task_id: str, statuses: set[s
         if time.monotonic() > deadline:
             raise AssertionError(f"task {task_id} still {task['status']} after {timeout}s: {task}")
         await asyncio.sleep(0.1)
+
+
+SCOPES = ("read", "predict", "train", "deploy", "admin")
+
+
+def scoped_keys() -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """One fresh API key per scope: ({scope: key}, the `auth.keys` entries)."""
+    from skipper.core.apikeys import new_key
+
+    keys, entries = {}, []
+    for scope in SCOPES:
+        key, entry = new_key(f"{scope}-key", [scope])
+        keys[scope] = key
+        entries.append(entry)
+    return keys, entries
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}

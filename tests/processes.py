@@ -108,7 +108,9 @@ class Cluster:
         name = name or f"{role}-{len(self.roles)}"
         port = free_port()
         log = self.workdir / f"{name}.log"
-        env = {**os.environ, **self.env, "SKIPPER_DATA_DIR": str(self.workdir / name), **(extra_env or {})}
+        # api replicas share one artifact store (a ReadWriteMany volume in k8s); other roles keep their own dir
+        data_dir = self.workdir / ("api-data" if role == "api" else name)
+        env = {**os.environ, **self.env, "SKIPPER_DATA_DIR": str(data_dir), **(extra_env or {})}
         proc = subprocess.Popen([sys.executable, "-m", "skipper", f"--role={role}", f"--port={port}"], cwd=ROOT,
                                 env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
         started = Role(name, proc, port, log)

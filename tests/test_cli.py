@@ -203,8 +203,25 @@ def test_help_is_quick_to_load_and_lists_the_commands() -> None:
             "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'numpy', 'httpx', 'starlette', "
             "'sqlalchemy', 'uvicorn', 'pydantic'})\nassert not heavy, heavy\n")
     out = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, check=True).stdout
-    for name in ("serve", "workflows", "train", "tasks", "task", "cancel", "predict", "models", "deploy", "artifact",
+    for name in ("serve", "workflows", "train", "tasks", "task", "cancel", "predict", "models", "deploy", "artifact", "keys",
                  "--install-completion"):
         assert name in out
     script = Path(sys.executable).with_name("skipper")
     assert subprocess.run([str(script), "train", "--help"], capture_output=True, text=True, check=True).stdout.count("--follow")
+
+
+def test_keys_new_prints_a_key_that_the_keys_file_then_accepts(tmp_path: Path) -> None:
+    # Given no server at all (keys are made locally)
+    path = tmp_path / "keys.yaml"
+    # When a key is made with the skipper command
+    result = CliRunner().invoke(app, ["keys", "new", "--name", "ci-bot", "--scopes", "train,read", "--file", str(path)])
+    # Then it is printed once, and the file holds only its hash with the scopes
+    assert result.exit_code == 0, result.output
+    key = next(line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("key: "))
+    from skipper.core.apikeys import hash_key, read_entries
+
+    assert key.startswith("sk_") and key not in path.read_text()
+    assert read_entries(path) == [{"name": "ci-bot", "sha256": hash_key(key), "scopes": ["train", "read"]}]
+    # And an unknown scope is a usage error
+    bad = CliRunner().invoke(app, ["keys", "new", "--name", "x", "--scopes", "root"])
+    assert bad.exit_code == 2 and "scopes" in bad.stderr

@@ -51,15 +51,15 @@ def test_train_follow_shows_a_live_bar_up_to_5_of_5_then_the_metrics_and_the_ver
 
 
 def test_ctrl_c_asks_whether_to_cancel_no_follows_on_and_yes_cancels(skipper_server: LiveSkipper) -> None:
-    child, screen = spawn(skipper_server, "train", "diabetes", "-p", "epochs=5000", "-p", "early_stopping=null", "--follow")
+    child, screen = spawn(skipper_server, "train", "diabetes", "-p", "epochs=1000", "-p", "early_stopping=null", "--follow")
     child.expect(QUEUED)
     task_id = child.match.group(1)
-    child.expect(r"\d+/5000")  # training, the bar moving
+    child.expect(r"\d+/1000")  # training, the bar moving
     child.sendintr()
     child.expect(rf"Cancel task {task_id}\?")
     child.sendline("n")
     child.expect("following again")
-    child.expect(r"\d+/5000")
+    child.expect(r"\d+/1000")
     child.sendintr()
     child.expect(rf"Cancel task {task_id}\?")
     child.sendline("y")

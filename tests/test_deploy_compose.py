@@ -101,3 +101,22 @@ def test_the_api_keeps_its_artifacts_and_the_stateful_services_their_data_on_vol
     assert set(COMPOSE["volumes"]) == {"rabbitmq-data", "postgres-data", "api-data"}
     assert "api-data:/var/lib/skipper" in SERVICES["api"]["volumes"]
     assert SERVICES["api"]["ports"] == ["8000:8000"]
+
+
+def test_the_api_reads_its_keys_from_a_compose_secret_and_every_role_shares_the_signing_key() -> None:
+    # The api binds 0.0.0.0: without keys it refuses to start (docs/security.md).
+    api = environment("api")
+    assert SERVICES["api"]["secrets"] == ["skipper-api-keys"]
+    assert api["SKIPPER_AUTH__KEYS_FILE"] == "/run/secrets/skipper-api-keys"
+    source = Path(interpolate(COMPOSE["secrets"]["skipper-api-keys"]["file"]))
+    entries = yaml.safe_load((ROOT / source).read_text(encoding="utf-8"))
+    settings = load_settings(environ={**api, "SKIPPER_AUTH__KEYS_FILE": str(ROOT / source)})
+    from skipper.core.auth import configured_keys
+
+    assert [k.name for k in configured_keys(settings)] == [e["name"] for e in entries] == ["placeholder-admin"]
+    assert "${SKIPPER_API_KEYS_FILE" in COMPOSE["secrets"]["skipper-api-keys"]["file"], "replaceable from .env"
+    keys = {environment(s)["SKIPPER_BUS__SIGNING_KEY"] for s in ("api", "server")}
+    assert len(keys) == 1 and "dev-only" in next(iter(keys))
+    assert "${SKIPPER_SIGNING_KEY" in str(SERVICES["api"]["environment"]["SKIPPER_BUS__SIGNING_KEY"])
+    for service in ("trainer", "server"):
+        assert "SKIPPER_AUTH__KEYS_FILE" not in environment(service), f"{service} serves only open routes"

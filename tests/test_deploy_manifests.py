@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import math
 import shutil
 import subprocess
@@ -23,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 TARGETS = {"base": K8S / "base", "dev": K8S / "overlays" / "dev", "prod": K8S / "overlays" / "prod"}
 SECRET_EXAMPLE = K8S / "base" / "secret.example.env"
+AUTH_EXAMPLES = {"api-keys.yaml": K8S / "base" / "auth" / "api-keys.example.yaml",
+                 "signing-key": K8S / "base" / "auth" / "signing-key.example"}
 # The newest Kubernetes version whose schemas kubernetes-validate ships (pinned by requirements.lock).
 K8S_VERSION = kubernetes_validate.latest_version()
 
@@ -164,7 +167,21 @@ def secrets_of(objs: list[Obj]) -> dict[str, dict[str, str]]:
         for s in find(objs, "Secret")
     }
     found.setdefault("skipper-credentials", secret_example())
+    found.setdefault("skipper-auth", auth_example())
     return found
+
+
+def auth_example() -> dict[str, str]:
+    """The documented keys of the skipper-auth Secret (API keys file, signing key), with placeholder values."""
+    return {key: path.read_text(encoding="utf-8") for key, path in AUTH_EXAMPLES.items()}
+
+
+def secret_volumes(workload: Obj, container: Obj) -> dict[str, tuple[str, dict[str, str]]]:
+    """mountPath -> (Secret name, {file name in the mount: Secret key}) for every Secret volume the container mounts."""
+    volumes = {v["name"]: v["secret"] for v in pod_spec(workload).get("volumes", []) if "secret" in v}
+    return {m["mountPath"]: (volumes[m["name"]]["secretName"],
+                             {i["path"]: i["key"] for i in volumes[m["name"]].get("items", [])})
+            for m in container.get("volumeMounts", []) if m["name"] in volumes}
 
 
 def named_port(container: Obj, port: int | str) -> int:
@@ -245,13 +262,14 @@ def test_credentials_reach_containers_only_through_secret_references(target: str
 
 def test_every_secret_reference_is_a_documented_key(target: str) -> None:
     objs = render(target)
-    documented = secret_example()
+    documented = {"skipper-credentials": secret_example(), "skipper-auth": auth_example()}
     in_render = {s["metadata"]["name"]: s for s in find(objs, "Secret")}
     for w, c in containers(objs):
         refs = [v["valueFrom"]["secretKeyRef"] for v in c.get("env", []) if "secretKeyRef" in v.get("valueFrom", {})]
+        refs += [{"name": name, "key": key} for name, items in secret_volumes(w, c).values() for key in items.values()]
         for ref in refs:
-            assert ref["name"] == "skipper-credentials", f"{w['metadata']['name']}: unknown Secret {ref['name']}"
-            assert ref["key"] in documented, f"{w['metadata']['name']}: key {ref['key']} not in {SECRET_EXAMPLE.name}"
+            assert ref["name"] in documented, f"{w['metadata']['name']}: unknown Secret {ref['name']}"
+            assert ref["key"] in documented[ref["name"]], f"{w['metadata']['name']}: undocumented key {ref['key']}"
             if ref["name"] in in_render:
                 assert ref["key"] in in_render[ref["name"]].get("data", {})
 
@@ -448,6 +466,43 @@ def test_rabbitmq_and_postgres_run_as_stateful_sets_with_volumes(split: list[Obj
         assert "readinessProbe" in c and "livenessProbe" in c
 
 
+def test_every_skipper_process_serving_the_api_on_every_interface_has_keys(target: str) -> None:
+    # Bound to 0.0.0.0 without keys the api refuses to start (exit 2): each api pod mounts a keys file.
+    objs = render(target)
+    secrets = secrets_of(objs)
+    for name, w in skipper_workloads(objs).items():
+        c = skipper_container(w)
+        env = resolve_env(objs, c, secrets)
+        role = c["args"][0].split("=", 1)[1]
+        if role not in ("api", "all"):
+            assert "SKIPPER_AUTH__KEYS_FILE" not in env, f"{name} serves only open routes: it needs no keys"
+            continue
+        keys_file = Path(env["SKIPPER_AUTH__KEYS_FILE"])
+        mounts = secret_volumes(w, c)
+        assert str(keys_file.parent) in mounts, f"{name}: the keys file is not in a mounted Secret"
+        secret, items = mounts[str(keys_file.parent)]
+        entries = yaml.safe_load(secrets[secret][items[keys_file.name]])
+        assert entries and all(set(e) == {"name", "sha256", "scopes"} for e in entries), name
+        assert next(m for m in c["volumeMounts"] if m["mountPath"] == str(keys_file.parent))["readOnly"] is True
+
+
+def test_the_registry_and_every_server_share_the_signing_key(split: list[Obj]) -> None:
+    refs = {}
+    for name in ("api", "server"):
+        env = {v["name"]: v for v in skipper_container(one(split, "Deployment", name))["env"]}
+        refs[name] = env["SKIPPER_BUS__SIGNING_KEY"]["valueFrom"]["secretKeyRef"]
+    assert refs["api"] == refs["server"] == {"name": "skipper-auth", "key": "signing-key"}
+    settings = load_settings(environ={"SKIPPER_BUS__SIGNING_KEY": auth_example()["signing-key"]})
+    assert settings.bus.signing_key is not None
+
+
+def test_the_placeholder_api_key_is_marked_and_matches_its_documented_key() -> None:
+    text = AUTH_EXAMPLES["api-keys.yaml"].read_text(encoding="utf-8")
+    assert "PLACEHOLDER" in text and "CHANGE-ME" in AUTH_EXAMPLES["signing-key"].read_text(encoding="utf-8")
+    documented = next(line.split()[-1] for line in text.splitlines() if line.strip().startswith("#   sk_"))
+    assert [e["sha256"] for e in yaml.safe_load(text)] == [hashlib.sha256(documented.encode()).hexdigest()]
+
+
 def test_prod_ships_no_placeholder_credentials() -> None:
     prod = render("prod")
     assert not find(prod, "Secret"), "prod must use the Secret created outside git (docs/deploy.md)"
@@ -470,7 +525,8 @@ def test_base_deploys_whole_with_placeholder_credentials_marked_as_such() -> Non
 def test_dev_runs_one_all_in_one_pod_on_the_memory_transport_without_broker_or_database() -> None:
     dev = render("dev")
     assert [d["metadata"]["name"] for d in find(dev, "Deployment")] == ["skipper"]
-    assert not find(dev, "StatefulSet") and not find(dev, "Secret") and not find(dev, "HorizontalPodAutoscaler")
+    assert not find(dev, "StatefulSet") and not find(dev, "HorizontalPodAutoscaler")
+    assert [s["metadata"]["name"] for s in find(dev, "Secret")] == ["skipper-auth"]  # API keys: it binds 0.0.0.0
     d = one(dev, "Deployment", "skipper")
     assert d["spec"]["replicas"] == 1
     assert d["spec"]["strategy"]["type"] == "Recreate"  # never two writers on SQLite

@@ -8,7 +8,10 @@ Only three things are changed from the manifest, each through the mechanism the 
   - SKIPPER_PORT, which the manifest sets in the ConfigMap (the container passes no --port flag), is
     a free local port per role, and SKIPPER_HOST is 127.0.0.1 rather than every interface;
   - SKIPPER_NAMESPACE is unique per run and SKIPPER_DATA_DIR a temp directory per role (in the pod,
-    a volume mounted at that path).
+    a volume mounted at that path);
+  - a Secret the container mounts as a volume is written to a temp directory (SKIPPER_AUTH__KEYS_FILE
+    follows it), and the api's keys file holds an admin key this test made (in production, the
+    skipper-auth Secret you create): with keys configured, every call below sends it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
+import yaml
 
+from skipper.core.apikeys import new_key
 from skipper.core.db import Database
 from tests.processes import free_port, postgres_schema
 from tests.services import RABBITMQ_URL, require_postgres, require_rabbitmq
@@ -39,6 +44,7 @@ from tests.test_deploy_manifests import (
     pod_spec,
     render,
     resolve_env,
+    secret_volumes,
     secrets_of,
     skipper_container,
 )
@@ -47,6 +53,8 @@ pytestmark = pytest.mark.multiprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = ("api", "trainer", "server")  # start order: a server catches up from the api's registry
+ADMIN_KEY, ADMIN_ENTRY = new_key("deploy-roles-test", ["admin"])
+AUTH = {"authorization": f"Bearer {ADMIN_KEY}"}
 START_TIMEOUT = 120.0
 TRAIN_TIMEOUT = 240.0
 ROWS = [
@@ -88,7 +96,7 @@ class Process:
     grace: int
 
     def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5)
+        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5, headers=AUTH)
 
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -124,7 +132,9 @@ def start_role(deployment: str, replica: int, objs: list[dict[str, Any]], *, nam
                workdir: Path) -> Process:
     d = one(objs, "Deployment", deployment)
     container = skipper_container(d)
-    env = resolve_env(objs, container, secrets_of(objs))
+    secrets = secrets_of(objs)
+    secrets["skipper-auth"]["api-keys.yaml"] = yaml.safe_dump([ADMIN_ENTRY])
+    env = resolve_env(objs, container, secrets)
     assert env.get("SKIPPER_TRANSPORT") == "rabbitmq"
     env["SKIPPER_BROKER_URL"] = local_url(env["SKIPPER_BROKER_URL"], "rabbitmq", RABBITMQ_URL)
     if "SKIPPER_DATABASE_URL" in env:
@@ -145,6 +155,12 @@ def start_role(deployment: str, replica: int, objs: list[dict[str, Any]], *, nam
     name = f"{deployment}-{replica}"
     env.update(SKIPPER_PORT=str(port), SKIPPER_HOST="127.0.0.1", SKIPPER_NAMESPACE=namespace,
                SKIPPER_DATA_DIR=str(workdir / (deployment if shared else name)))
+    for mount_path, (secret, items) in secret_volumes(d, container).items():  # as the kubelet mounts them
+        local = workdir / f"{name}-secret-{secret}"
+        local.mkdir(parents=True, exist_ok=True)
+        for file_name, key in items.items():
+            (local / file_name).write_text(secrets[secret][key], encoding="utf-8")
+        env.update({k: v.replace(mount_path, str(local)) for k, v in env.items() if v.startswith(mount_path + "/")})
     # Nothing of this machine's own SKIPPER_* environment leaks in: the pod has only what the manifest gives.
     process_env = {k: v for k, v in os.environ.items() if not k.startswith("SKIPPER_")} | env
     log = workdir / f"{name}.log"
@@ -195,8 +211,9 @@ def test_each_prod_deployment_starts_as_its_manifest_says_and_together_they_trai
     assert replicas["trainer"][0].get(f"{API_BASE}/workflows").status_code == 404
     assert api.get(f"{API_BASE}/workflows").status_code == 200
 
+    assert httpx.get(f"http://127.0.0.1:{api.port}{API_BASE}/workflows").status_code == 401  # keys are on
     response = httpx.post(f"http://127.0.0.1:{api.port}{API_BASE}/workflows/diabetes/train",
-                          json={"params": {"epochs": 2}}, timeout=30)
+                          json={"params": {"epochs": 2}}, timeout=30, headers=AUTH)
     assert response.status_code == 202, response.text
     task_id = response.json()["task_id"]
 
@@ -227,7 +244,7 @@ def test_each_prod_deployment_starts_as_its_manifest_says_and_together_they_trai
 
     for p in replicas["api"]:
         response = httpx.post(f"http://127.0.0.1:{p.port}{API_BASE}/models/diabetes/predict",
-                              json={"instances": ROWS}, timeout=30)
+                              json={"instances": ROWS}, timeout=30, headers=AUTH)
         assert response.status_code == 200, f"{p.name}: {response.text}\n{logs()}"
         body = response.json()
         assert len(body["predictions"]) == 2

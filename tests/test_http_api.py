@@ -88,7 +88,11 @@ async def test_train_returns_202_with_a_queued_task_and_resolved_params(api: tup
     assert len((await client.get("/health")).headers["x-correlation-id"]) == 32  # one is made when none is sent
     listed = (await client.get("/tasks", params={"workflow": "diabetes", "status": "queued"})).json()
     assert listed["total"] == 1 and listed["tasks"][0]["task_id"] == body["task_id"]
-    events = (await client.get(f"/tasks/{body['task_id']}/events")).json()["events"]
+    for _ in range(100):  # events reach the log over the bus, a moment after the response
+        events = (await client.get(f"/tasks/{body['task_id']}/events")).json()["events"]
+        if events:
+            break
+        await asyncio.sleep(0.02)
     assert [e["kind"] for e in events] == ["task.queued"]
     assert events[0]["correlation_id"] == "req-42"
 
@@ -296,7 +300,9 @@ async def test_the_original_skipper_routes_keep_working(api: tuple[httpx.AsyncCl
     assert predicted.status_code == 200
     body = predicted.json()
     assert body["task_status"] == "SUCCESS" and body["outcome"]["predictions"] == [10.0]
-    assert_error(await client.post("/tasks/diabetes/task_predict", json={"payload": "{oops"}), 400, "bad_request")
+    # a payload that is not JSON is invalid input (422), never a default training or prediction
+    assert_error(await client.post("/tasks/diabetes/task_predict", json={"payload": "{oops"}), 422, "validation_failed",
+                 "payload")
 
 
 async def test_openapi_describes_every_endpoint(api: tuple[httpx.AsyncClient, Runtime]) -> None:

@@ -26,7 +26,7 @@ def test_the_api_role_starts_and_serves_without_importing_tensorflow(tmp_path: P
         async def main():
             runtime = Runtime(load_settings(environ={}, overrides={"data_dir": sys.argv[1]}), frozenset({"api"}))
             await runtime.start()
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=runtime.app()), base_url="http://x") as c:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=runtime.app()), base_url="http://127.0.0.1") as c:
                 r = await c.post("/api/v1/skipper/workflows/diabetes/train", json={})
                 assert r.status_code == 202, r.text
             await runtime.stop()

@@ -80,7 +80,9 @@ class Harness:
 async def trainer(tmp_path: Path, workflows: dict[str, Any] | None = None, *, proceed: bool = True) -> AsyncIterator[Harness]:
     settings = load_settings(
         environ={},
-        overrides={"data_dir": str(tmp_path), "workflows": workflows or {}, "bus": {"request_timeout_s": 5}},
+        # limits.max_epochs raised: some tests train "forever" (5000 epochs) to cancel or stop mid-way
+        overrides={"data_dir": str(tmp_path), "workflows": workflows or {}, "bus": {"request_timeout_s": 5},
+                   "limits": {"max_epochs": 100_000}},
     )
     bus = MemoryTransport(BusOptions(namespace="test", max_retries=2, retry_backoff_s=0.02, retry_backoff_max_s=0.05))
     registry = FakeRegistry(proceed=proceed)

@@ -179,9 +179,21 @@ def artifact(
         cli.out.print(f"saved {saved.path} ({saved.size} bytes, sha256 {saved.sha256})")
 
 
-# `skipper keys new --name N --scopes S,...` joins here at merge: a `keys` Typer added with
-# app.add_typer(keys_app, name="keys"), whose `new` command calls skipper.core.apikeys.new_key and
-# append_entry (it is local: no client, no global options).
+keys_app = typer.Typer(help="Manage API keys (local: talks to no server).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Option(help="Who or what uses the key (appears in audit events).")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated: read, predict, train, deploy, admin.")],
+    file: Annotated[str | None, typer.Option(help="Append the entry to this keys file (auth.keys_file).")] = None,
+) -> None:
+    """Make a new API key: printed once; Skipper stores only its SHA-256. What `python -m skipper keys new` does."""
+    from skipper.__main__ import keys_main
+
+    argv = ["new", f"--name={name}", f"--scopes={scopes}"] + ([f"--file={file}"] if file else [])
+    raise typer.Exit(keys_main(argv))
 
 
 def _report(cli: Cli, finished: Task) -> None:

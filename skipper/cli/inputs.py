@@ -5,11 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
+
+# YAML 1.1 reads `5e-3` (no dot) as a string; users mean a number.
+_EXPONENT_NUMBER = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -26,6 +30,8 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError as exc:
             raise typer.BadParameter(f"{key}: {raw!r} is not a valid value: {exc}", param_hint="'-p' / '--param'") from None
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+            value = float(value)
         # A dotted key reaches into a section: early_stopping.patience=3 -> {"early_stopping": {"patience": 3}}.
         node = params
         *parents, leaf = key.split(".")

@@ -1,4 +1,4 @@
-"""Typed errors. Each carries a stable code and HTTP status; `skipper.core.http` maps them."""
+"""Typed errors. Each carries a stable code and HTTP status; `skipper.core.pipeline.error_response` writes them."""
 
 from __future__ import annotations
 
@@ -19,12 +19,30 @@ class SkipperError(Exception):
     def to_payload(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
+    @property
+    def retry_after_s(self) -> float | None:
+        """Seconds a client should wait before retrying (the `Retry-After` header), if the error says."""
+        value = self.details.get("retry_after_s")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
 
 
 class BadRequest(SkipperError):
     code, status = "bad_request", 400
+
+
+class Unauthorized(SkipperError):
+    """No credentials, or credentials that match no key."""
+
+    code, status = "unauthorized", 401
+
+
+class Forbidden(SkipperError):
+    """Valid credentials without the scope the route needs (or a refused cross-site request)."""
+
+    code, status = "forbidden", 403
 
 
 class NotFound(SkipperError):
@@ -39,8 +57,24 @@ class PayloadTooLarge(SkipperError):
     code, status = "payload_too_large", 413
 
 
+class UnsupportedMediaType(SkipperError):
+    code, status = "unsupported_media_type", 415
+
+
 class ValidationFailed(SkipperError):
     code, status = "validation_failed", 422
+
+
+class LimitExceeded(ValidationFailed):
+    """A request or a training went past a configured resource limit (`limits.*`)."""
+
+    code = "limit_exceeded"
+
+
+class TooManyRequests(SkipperError):
+    """Too much work is queued; `details.retry_after_s` says when to try again."""
+
+    code, status = "too_many_requests", 429
 
 
 class ModelNotReady(SkipperError):
@@ -59,6 +93,12 @@ class NoConsumers(Unavailable):
     """A request was sent to a queue nobody consumes."""
 
     code = "no_consumers"
+
+
+class Overloaded(Unavailable):
+    """Load shedding: a model's batch queue is full; `details.retry_after_s` says when to try again."""
+
+    code = "overloaded"
 
 
 class RequestTimeout(SkipperError):

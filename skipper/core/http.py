@@ -1,97 +1,242 @@
-"""HTTP plumbing shared by every role: the app factory, JSON errors, body limits, correlation ids."""
+"""HTTP plumbing shared by every role: the app factory, its own routes, JSON errors, and the
+middleware in front of every request (correlation ids, the Host allow-list, CORS when configured).
+
+Routes are declared (`skipper.core.routing`) and turned into Starlette routes by
+`skipper.core.pipeline`; the OpenAPI document comes from the same declarations.
+"""
 
 from __future__ import annotations
 
-import json
+import ipaddress
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
-from starlette.schemas import SchemaGenerator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from skipper import __version__
-from skipper.core.errors import BadRequest, PayloadTooLarge, SkipperError, ValidationFailed
+from skipper.core import openapi
+from skipper.core.auth import OPEN, build_guard, is_loopback
+from skipper.core.docs import docs_endpoints
+from skipper.core.errors import BadRequest, SkipperError
 from skipper.core.logs import correlation_id
 from skipper.core.messages import new_id
 from skipper.core.module import Module
+from skipper.core.pipeline import Options, build_routes, error_response
+from skipper.core.routing import API_BASE, SKIPPER_ERRORS, Call, Endpoint, ErrorStyle, Reply, RouteGroup, grouped
+from skipper.core.settings import Settings
 
-API_BASE = "/api/v1/skipper"
+__all__ = ["API_BASE", "create_app", "request_correlation_id"]
+
 CORRELATION_HEADER = b"x-correlation-id"
+_CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+StyleFor = Callable[[str], ErrorStyle]
+SERVICE = ("service",)
 
 log = logging.getLogger("skipper.http")
 
 
-def error_response(error: SkipperError) -> JSONResponse:
-    return JSONResponse(error.to_payload(), status_code=error.status)
+class Health(BaseModel):
+    """The process is alive."""
+
+    status: str
 
 
-async def _skipper_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, SkipperError)
-    if exc.status >= 500:
-        log.warning("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
-    return error_response(exc)
+class Readiness(BaseModel):
+    """Whether this process's modules can work, and the model versions it serves."""
+
+    model_config = ConfigDict(extra="allow")
+    status: str
+    role: str
+    models: dict[str, int]
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    body = {"error": {"code": code, "message": str(exc.detail), "details": {"path": request.url.path}}}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+class OpenApiDocument(BaseModel):
+    """This API's OpenAPI 3.1 document."""
+
+    model_config = ConfigDict(extra="allow")
+    openapi: str
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    # Starlette re-raises after this response, and uvicorn logs the traceback once.
-    body = {"error": {"code": "internal_error", "message": "internal server error", "details": {}}}
-    return JSONResponse(body, status_code=500)
+def style_resolver(groups: Sequence[RouteGroup]) -> StyleFor:
+    """The error style of the group a path falls under (Skipper's own outside every group)."""
+    prefixes = sorted(((g.prefix, g.errors) for g in groups if g.prefix), key=lambda p: -len(p[0]))
+
+    def style_for(path: str) -> ErrorStyle:
+        for prefix, style in prefixes:
+            if path == prefix or path.startswith(prefix + "/"):
+                return style
+        return SKIPPER_ERRORS
+
+    return style_for
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """The request body parsed as JSON: 413 above `max_bytes`, 400 when it is not JSON."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {max_bytes}",
-                              details={"limit_bytes": max_bytes})
-    if declared is not None and declared.isdigit():
-        raw = await request.body()  # within the declared (and checked) length
-    else:
-        chunks, size = [], 0
-        async for chunk in request.stream():  # no length given: count while it streams
-            size += len(chunk)
-            if size > max_bytes:
-                raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes",
-                                      details={"limit_bytes": max_bytes})
-            chunks.append(chunk)
-        raw = b"".join(chunks)
-    if not raw.strip():
-        return None
-    try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+def service_endpoints(*, role: str, modules: Sequence[Module], settings: Settings,
+                      document: Callable[[], dict[str, Any]]) -> list[Endpoint]:
+    """health, ready, metrics, openapi.json and the docs page: what every process serves."""
+
+    async def health(call: Call[None, None, None]) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(call: Call[None, None, None]) -> Response:
+        body: dict[str, Any] = {"status": "ready", "role": role, "models": {}}
+        ok = True
+        for module in modules:
+            ok = ok and module.ready()
+            extra = module.readiness()
+            if "models" in extra:
+                body["models"].update(extra.pop("models"))
+            body.update(extra)
+        if not ok:
+            body["status"] = "not_ready"
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def metrics(call: Call[None, None, None]) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi_json(call: Call[None, None, None]) -> Response:
+        return JSONResponse(document())
+
+    return [
+        Endpoint("GET", "/health", health, scope=OPEN, summary="Liveness: answers while the process runs.", tags=SERVICE,
+                 responses={200: Health}),
+        Endpoint("GET", "/ready", ready, scope=OPEN, summary="Readiness, and the model versions this process serves.",
+                 tags=SERVICE, responses={200: Readiness, 503: Readiness}),
+        Endpoint("GET", "/metrics", metrics, scope="read" if settings.auth.protect_metrics else OPEN,
+                 summary="Prometheus metrics.", tags=SERVICE, responses={200: Reply(description="Prometheus text format",
+                                                                      media_type="text/plain")}),
+        Endpoint("GET", "/openapi.json", openapi_json, scope=OPEN, summary="This API's OpenAPI document.", tags=SERVICE,
+                 responses={200: OpenApiDocument}),
+        *docs_endpoints(API_BASE, "Skipper"),
+    ]
 
 
-def _reject_constant(name: str) -> float:
-    # NaN/Infinity are not JSON; Python's parser accepts them unless told not to.
-    raise ValueError(f"{name} is not valid JSON")
+def create_app(*, settings: Settings, role: str, modules: Sequence[Module], lifespan: Any = None) -> Starlette:
+    """The ASGI app of a process; a `ConfigError` when it would expose protected routes without keys."""
+    cache: dict[str, Any] = {}
+
+    def document() -> dict[str, Any]:
+        if "doc" not in cache:
+            cache["doc"] = openapi.document(groups, title="Skipper", version=__version__,
+                                            description="Train, version and serve Keras models. See docs/security.md.")
+        return dict(cache["doc"])
+
+    groups = grouped(service_endpoints(role=role, modules=modules, settings=settings, document=document))
+    for module in modules:
+        groups += grouped(module.routes())
+    protected = any(e.scope != OPEN for g in groups for e in g.endpoints)
+    guard = build_guard(settings, protected_routes=protected)
+    http = settings.http
+    options = Options(max_body_bytes=http.max_body_bytes, max_json_depth=http.max_json_depth,
+                      cors_origins=tuple(http.cors_origins))
+    style_for = style_resolver(groups)
+    app = Starlette(routes=build_routes(groups, guard, options), lifespan=lifespan, exception_handlers={
+        SkipperError: _skipper_error(style_for), HTTPException: _http_error(style_for),
+        Exception: _unexpected_error(style_for)})
+    app.state.guard = guard  # the dashboard adds its session cookie here: app.state.guard.add_source(...)
+    app.state.route_groups = groups
+    if http.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(http.cors_origins),
+                           allow_methods=["GET", "POST", "PUT", "DELETE"],
+                           allow_headers=["authorization", "content-type", "x-correlation-id"],
+                           expose_headers=["x-correlation-id", "retry-after"])
+    allowed = allowed_hosts(settings)
+    if allowed is not None:
+        app.add_middleware(HostAllowList, allowed=allowed, style_for=style_for)
+    app.add_middleware(CorrelationIdMiddleware)
+    return app
 
 
-def paging(request: Request, default: int = 50, maximum: int = 1000) -> tuple[int, int]:
-    """`limit` and `offset` from the query string; 422 when they are not sensible."""
-    try:
-        limit = int(request.query_params.get("limit", default))
-        offset = int(request.query_params.get("offset", 0))
-    except ValueError:
-        raise ValidationFailed("limit and offset must be integers", details={"field": "limit"}) from None
-    if not 1 <= limit <= maximum or offset < 0:
-        raise ValidationFailed(f"limit must be within 1..{maximum} and offset >= 0", details={"field": "limit"})
-    return limit, offset
+# --- errors outside a declared route (unknown paths, a method not allowed, a bug) -----------------
+
+
+class _RoutingError(SkipperError):
+    """Starlette's own 404/405, written like any other error."""
+
+
+def _skipper_error(style_for: StyleFor) -> Callable[[Request, Exception], Any]:
+    async def handle(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, SkipperError)
+        return error_response(exc, style_for(request.url.path))
+
+    return handle
+
+
+def _http_error(style_for: StyleFor) -> Callable[[Request, Exception], Any]:
+    async def handle(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        error = _RoutingError(str(exc.detail), details={"path": request.url.path})
+        error.code, error.status = code, exc.status_code
+        body = style_for(request.url.path).render(error)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    return handle
+
+
+def _unexpected_error(style_for: StyleFor) -> Callable[[Request, Exception], Any]:
+    async def handle(request: Request, exc: Exception) -> Response:
+        # Starlette re-raises after this response, and uvicorn logs the traceback once.
+        return JSONResponse(style_for(request.url.path).render(SkipperError("internal server error")), status_code=500)
+
+    return handle
+
+
+# --- middleware ---------------------------------------------------------------------------------
+
+
+def allowed_hosts(settings: Settings) -> list[str] | None:
+    """The Host allow-list: as configured; else loopback names on a loopback bind; else None (any host)."""
+    if settings.http.allowed_hosts:
+        return list(settings.http.allowed_hosts)
+    return ["localhost", "127.0.0.1", "::1", "loopback"] if is_loopback(settings.host) else None
+
+
+class HostAllowList:
+    """400 for a `Host` not on the list: a DNS-rebinding page reaches the server under its own name.
+
+    Entries: an exact host name, `*.example.com` for its subdomains, `*` for any host, and
+    `loopback` for every loopback address. The port is ignored.
+    """
+
+    def __init__(self, app: ASGIApp, *, allowed: Sequence[str], style_for: StyleFor) -> None:
+        self.app = app
+        self._any = "*" in allowed
+        self._loopback = "loopback" in allowed
+        self._exact = {h.lower() for h in allowed if not h.startswith("*.")}
+        self._suffixes = tuple(h[1:].lower() for h in allowed if h.startswith("*."))
+        self._style_for = style_for
+
+    def allows(self, host: str) -> bool:
+        name = host.lower()
+        name = name[1:].split("]", 1)[0] if name.startswith("[") else name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+        if self._any or name in self._exact or (self._suffixes and name.endswith(self._suffixes)):
+            return True
+        if self._loopback:
+            try:
+                return ipaddress.ip_address(name).is_loopback
+            except ValueError:
+                return False
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+        if self.allows(host):
+            await self.app(scope, receive, send)
+            return
+        error = BadRequest(f"host {host[:100]!r} is not served here; see http.allowed_hosts", details={"host": host[:100]})
+        await error_response(error, self._style_for(scope["path"]))(scope, receive, send)
 
 
 class CorrelationIdMiddleware:
@@ -107,7 +252,8 @@ class CorrelationIdMiddleware:
         cid = None
         for name, value in scope["headers"]:
             if name == CORRELATION_HEADER:
-                cid = value.decode("latin-1")[:64]
+                given = value.decode("latin-1")
+                cid = given if _CORRELATION_ID.match(given) else None  # it reaches logs and the database
                 break
         cid = cid or new_id()
         scope.setdefault("state", {})["correlation_id"] = cid
@@ -127,69 +273,3 @@ class CorrelationIdMiddleware:
 
 def request_correlation_id(request: Request) -> str:
     return str(request.state.correlation_id) if hasattr(request.state, "correlation_id") else new_id()
-
-
-def _under_base(route: BaseRoute) -> BaseRoute:
-    """The route with the API base prefixed: flat routes, no Mount, one matching pass per request."""
-    assert isinstance(route, Route), f"modules provide plain Routes, got {route!r}"
-    return Route(API_BASE + route.path, route.endpoint, methods=sorted(route.methods or ()), name=route.name,
-                 include_in_schema=route.include_in_schema)
-
-
-def create_app(*, role: str, modules: Sequence[Module], lifespan: Any = None) -> Starlette:
-    """The ASGI app of a process: health, ready, metrics, openapi, plus every module's routes."""
-    schemas = SchemaGenerator({"openapi": "3.0.3", "info": {"title": "Skipper", "version": __version__}})
-
-    async def health(request: Request) -> Response:
-        """
-        summary: 'Liveness; answers while the process runs.'
-        responses: {200: {description: '{"status": "ok"}'}}
-        """
-        return JSONResponse({"status": "ok"})
-
-    async def ready(request: Request) -> Response:
-        """
-        summary: 'Readiness of this process''s modules, and the model versions it serves.'
-        responses: {200: {description: ready}, 503: {description: not ready yet}}
-        """
-        body: dict[str, Any] = {"status": "ready", "role": role, "models": {}}
-        ok = True
-        for module in modules:
-            ok = ok and module.ready()
-            extra = module.readiness()
-            if "models" in extra:
-                body["models"].update(extra.pop("models"))
-            body.update(extra)
-        if not ok:
-            body["status"] = "not_ready"
-        return JSONResponse(body, status_code=200 if ok else 503)
-
-    async def metrics(request: Request) -> Response:
-        """
-        summary: 'Prometheus metrics.'
-        responses: {200: {description: text exposition format}}
-        """
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    async def openapi(request: Request) -> Response:
-        """
-        summary: 'This API''s OpenAPI document.'
-        responses: {200: {description: OpenAPI 3 JSON}}
-        """
-        return JSONResponse(schemas.get_schema(routes=app.routes))
-
-    routes: list[BaseRoute] = [
-        Route("/health", health, methods=["GET"]),
-        Route("/ready", ready, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
-    ]
-    for module in modules:
-        routes.extend(module.routes())
-    app = Starlette(
-        routes=[_under_base(route) for route in routes],
-        exception_handlers={SkipperError: _skipper_error, HTTPException: _http_error, Exception: _unexpected_error},
-        lifespan=lifespan,
-    )
-    app.add_middleware(CorrelationIdMiddleware)
-    return app

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from starlette.routing import BaseRoute
-
 from skipper.core.bus import Transport
+from skipper.core.routing import Endpoint, RouteGroup
 
 
 class Module:
@@ -21,8 +21,9 @@ class Module:
     def register(self, bus: Transport) -> None:
         """Declare consumers and subscribers on `bus`."""
 
-    def routes(self) -> list[BaseRoute]:
-        """HTTP routes under the API base path (relative, e.g. `/tasks`)."""
+    def routes(self) -> Sequence[Endpoint | RouteGroup]:
+        """Declared HTTP routes: endpoints under the API base path (relative, e.g. `/tasks`), or groups
+        with their own prefix and error style (the inference protocols at the root path)."""
         return []
 
     async def start(self) -> None:

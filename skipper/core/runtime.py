@@ -69,4 +69,4 @@ class Runtime:
             finally:
                 await self.stop()
 
-        return create_app(role=role_label(self.roles), modules=self.modules, lifespan=lifespan)
+        return create_app(settings=self.settings, role=role_label(self.roles), modules=self.modules, lifespan=lifespan)

@@ -9,6 +9,7 @@ fails at start with a `ConfigError` naming it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from skipper.core.errors import ConfigError
 
@@ -55,6 +56,8 @@ class BusSettings(_Section):
     worker_threads: int = Field(4, ge=1, le=256)
     time_limit_s: float = Field(3600.0, gt=0)
     max_age_s: float = Field(86400.0, gt=0)
+    # HMAC key for model announcements; servers then refuse unsigned ones (skipper.core.signing).
+    signing_key: SecretStr | None = Field(None, min_length=16)
 
 
 class HttpSettings(_Section):
@@ -63,6 +66,10 @@ class HttpSettings(_Section):
     max_instances: int = Field(1024, ge=1)
     predict_pipeline: int = Field(4, ge=1, le=256)  # broker transports: bus requests in flight per model
     page_size_max: int = Field(200, ge=1)
+    max_json_depth: int = Field(32, ge=2, le=512)  # deeper request bodies are 400
+    # Host header allow-list; empty: loopback names when bound to loopback, any host otherwise.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    cors_origins: list[str] = Field(default_factory=list)  # CORS stays off unless origins are listed
 
 
 class TrainingSettings(_Section):
@@ -78,11 +85,44 @@ class ServingSettings(_Section):
     max_member_bytes: int = Field(512 * 1024 * 1024, ge=1)
     jit_compile: bool = False
     catch_up_timeout_s: float = Field(30.0, gt=0)
+    max_queued_rows: int = Field(8192, ge=1)  # per model; past it predictions are shed with 503 + Retry-After
+
+
+class ApiKey(_Section):
+    """One API key as configured: its name, the SHA-256 of the key (never the key), its scopes."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: list[Literal["read", "predict", "train", "deploy", "admin"]] = Field(min_length=1)
+
+
+class AuthSettings(_Section):
+    # auto: keys when any are configured, else open on a loopback bind and a refusal to start elsewhere;
+    # keys: always require keys; open: never check keys (an explicit opt-out).
+    mode: Literal["auto", "keys", "open"] = "auto"
+    keys: list[ApiKey] = Field(default_factory=list)
+    keys_file: Path | None = None  # same list in its own YAML/JSON file (a mounted Secret)
+    protect_metrics: bool = False  # /metrics then needs the `read` scope
+
+
+class Limits(_Section):
+    """Resource limits on training; a workflow may override any of them."""
+
+    max_epochs: int = Field(1000, ge=1)
+    max_parameters: int = Field(5_000_000, ge=1)
+    max_train_seconds: float = Field(1800.0, gt=0)
+    max_queued_tasks: int = Field(100, ge=1)
+
+
+class WorkflowLimits(_Section):
+    max_epochs: int | None = Field(None, ge=1)
+    max_parameters: int | None = Field(None, ge=1)
+    max_train_seconds: float | None = Field(None, gt=0)
 
 
 class EarlyStopping(_Section):
     patience: int = Field(5, ge=1)
-    monitor: str = "val_loss"
+    monitor: str = Field("val_loss", pattern=r"^[a-z_]{1,32}$")
     min_delta: float = Field(0.0, ge=0)
 
 
@@ -115,14 +155,18 @@ class DatasetSpec(_Section):
     targets: list[str] | None = None  # default for sklearn sets: ["target"]
 
 
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"  # workflow and model names: they appear in URLs and paths
+
+
 class Workflow(_Section):
     description: str = ""
-    model: str
+    model: str = Field(pattern=NAME_PATTERN)
     kind: Literal["regression", "classification"]
     dataset: DatasetSpec
     params: TrainParams = Field(default_factory=TrainParams)
     trainer: str = "skipper.modules.training.keras_trainer:train"
     predictor: str = "skipper.modules.serving.predictor:KerasPredictor"
+    limits: WorkflowLimits = Field(default_factory=WorkflowLimits)
 
 
 class Settings(_Section):
@@ -139,7 +183,21 @@ class Settings(_Section):
     http: HttpSettings = Field(default_factory=HttpSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: Limits = Field(default_factory=Limits)
     workflows: dict[str, Workflow] = Field(default_factory=dict)
+
+    @field_validator("workflows")
+    @classmethod
+    def _workflow_names(cls, workflows: dict[str, Workflow]) -> dict[str, Workflow]:
+        bad = [name for name in workflows if not re.match(NAME_PATTERN, name)]
+        if bad:
+            raise ValueError(f"workflow name {bad[0]!r} must match {NAME_PATTERN}")
+        return workflows
+
+    def limits_for(self, workflow: Workflow) -> Limits:
+        """The global limits with the workflow's overrides applied."""
+        return self.limits.model_copy(update=workflow.limits.model_dump(exclude_none=True))
 
     @property
     def resolved_database_url(self) -> str:

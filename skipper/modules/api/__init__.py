@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import logging
+from collections.abc import Sequence
 
-from skipper.core import contracts
+from skipper.core import contracts, signing
 from skipper.core.bus import Transport
+from skipper.core.errors import ArtifactRejected
 from skipper.core.events import EventEmitter
 from skipper.core.messages import Message
 from skipper.core.module import Module
 from skipper.core.repositories import ModelRegistry, TaskRepository
+from skipper.core.routing import Endpoint, RouteGroup
 from skipper.core.settings import Settings
 from skipper.modules.api.artifacts import ArtifactStore
 from skipper.modules.api.legacy import LegacyRoutes
 from skipper.modules.api.registry import RegistryService
 from skipper.modules.api.routes import ApiRoutes
+
+log = logging.getLogger("skipper.api")
 
 
 class ApiModule(Module):
@@ -23,11 +28,12 @@ class ApiModule(Module):
     def __init__(self, *, settings: Settings, bus: Transport, events: EventEmitter, tasks: TaskRepository,
                  registry: ModelRegistry, store: ArtifactStore) -> None:
         self._bus = bus
-        self.service = RegistryService(bus=bus, events=events, tasks=tasks, registry=registry, store=store,
-                                       inline_max_bytes=settings.bus.inline_artifact_max_bytes)
+        self._settings = settings
+        self.service = RegistryService(settings=settings, bus=bus, events=events, tasks=tasks, registry=registry,
+                                       store=store)
         self.api = ApiRoutes(settings=settings, bus=bus, events=events, tasks=tasks, registry=registry, store=store,
                              service=self.service)
-        self._legacy = LegacyRoutes(self.api, settings.http.max_body_bytes, settings.http.max_instances)
+        self._legacy = LegacyRoutes(self.api, settings.http.max_instances, settings.http.max_json_depth)
 
     def register(self, bus: Transport) -> None:
         self.service.register(bus)
@@ -35,9 +41,14 @@ class ApiModule(Module):
         bus.subscribe(contracts.MODEL_PUBLISHED, self._on_published)
 
     async def _on_published(self, msg: Message) -> None:
+        try:
+            signing.verify(self._settings.bus.signing_key, msg.headers)
+        except ArtifactRejected as exc:  # someone else on the broker: keep the schemas the registry announced
+            log.warning("ignoring a model announcement: %s", exc.message, extra={"correlation_id": msg.correlation_id})
+            return
         self.api.schemas.update(str(msg.headers.get("model")), msg.headers.get("metadata") or {})
 
-    def routes(self) -> list[BaseRoute]:
+    def routes(self) -> Sequence[Endpoint | RouteGroup]:
         return self.api.routes() + self._legacy.routes()
 
     def ready(self) -> bool:

@@ -2,90 +2,82 @@
 
 Shapes: requests `{"task_type": ..., "payload": <object or JSON string>}`; responses
 `{"task_id", "task_status"}` with Celery-style statuses, plus `"outcome"` once known.
+A request without a payload, or with one that is not JSON or not an object of params, is a
+422: never a default training.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
 
 from skipper.core.errors import BadRequest, NotFound, ValidationFailed
-from skipper.core.http import read_json, request_correlation_id
 from skipper.core.messages import new_id
+from skipper.core.pipeline import loads
+from skipper.core.routing import Call, Endpoint
+from skipper.modules.api.models import LegacyRequest, LegacyTask, LegacyTaskPath, WorkflowPath
 from skipper.modules.api.routes import ApiRoutes
-from skipper.modules.api.validation import parse_instances, resolve_params
+from skipper.modules.api.validation import parse_instances
 
 CELERY_STATUS = {"queued": "PENDING", "running": "STARTED", "succeeded": "SUCCESS", "failed": "FAILURE",
                  "cancelled": "REVOKED"}
 
 
 class LegacyRoutes:
-    def __init__(self, api: ApiRoutes, max_body_bytes: int, max_instances: int) -> None:
+    def __init__(self, api: ApiRoutes, max_instances: int, max_json_depth: int) -> None:
         self._api = api
-        self._max_body = max_body_bytes
         self._max_instances = max_instances
+        self._max_depth = max_json_depth
 
-    def routes(self) -> list[BaseRoute]:
+    def routes(self) -> list[Endpoint]:
+        legacy = ("original Skipper",)
         return [
-            Route("/tasks/{workflow}/task_training", self.training, methods=["POST"]),
-            Route("/tasks/{workflow}/task_predict", self.predict, methods=["POST"]),
-            Route("/tasks/{workflow}/{task_id}", self.status, methods=["GET"]),
+            Endpoint("POST", "/tasks/{workflow}/task_training", self.training, scope="train", path_params=WorkflowPath,
+                     body=LegacyRequest, body_required=True, responses={202: LegacyTask}, tags=legacy,
+                     errors={429: "Too many tasks queued", 503: "The broker is unavailable"},
+                     summary="(original Skipper) queue training; the payload holds the params."),
+            Endpoint("POST", "/tasks/{workflow}/task_predict", self.predict, scope="predict", path_params=WorkflowPath,
+                     body=LegacyRequest, body_required=True, responses={200: LegacyTask}, tags=legacy,
+                     errors={503: "No version trained yet or no server available", 504: "No server replied in time"},
+                     summary="(original Skipper) synchronous prediction with the workflow's model."),
+            Endpoint("GET", "/tasks/{workflow}/{task_id}", self.status, scope="read", path_params=LegacyTaskPath,
+                     responses={200: LegacyTask}, tags=legacy,
+                     summary="(original Skipper) a training task's status and outcome."),
         ]
 
-    async def training(self, request: Request) -> Response:
-        """
-        summary: '(original Skipper) queue training; payload holds the params.'
-        responses: {202: {description: '{"task_id", "task_status": "PENDING"}'}}
-        """
-        name = request.path_params["workflow"]
+    async def training(self, call: Call[WorkflowPath, None, LegacyRequest]) -> Response:
+        name = call.path.workflow
         workflow = self._api.workflow(name)
-        payload = _payload(await read_json(request, self._max_body))
-        params_body = {"params": payload.get("params", payload)} if isinstance(payload, dict) else None
-        params = resolve_params(workflow, params_body)
-        task = await self._api.submit_training(name, params.model_dump(), request_correlation_id(request))
+        payload = self._payload(call.body)
+        if not isinstance(payload, dict):
+            raise ValidationFailed("payload must be an object of training params", details={"field": "payload"})
+        task = await self._api.accept_training(call, name, workflow, {"params": payload.get("params", payload)})
         return JSONResponse({"task_id": task.task_id, "task_status": CELERY_STATUS[task.status]}, status_code=202)
 
-    async def status(self, request: Request) -> Response:
-        """
-        summary: '(original Skipper) a training task''s status and outcome.'
-        responses: {200: {description: '{"task_id", "task_status", "outcome"}'}}
-        """
-        task = await self._api.task(request.path_params["task_id"])
-        if task.workflow != request.path_params["workflow"]:
-            raise NotFound(f"task {task.task_id} does not belong to workflow {request.path_params['workflow']!r}")
+    async def status(self, call: Call[LegacyTaskPath, None, None]) -> Response:
+        task = await self._api.task(call.path.task_id)
+        if task.workflow != call.path.workflow:
+            raise NotFound(f"task {task.task_id} does not belong to workflow {call.path.workflow!r}")
         outcome: Any = task.result if task.status == "succeeded" else (task.error or {}).get("message")
         return JSONResponse({"task_id": task.task_id, "task_status": CELERY_STATUS[task.status], "outcome": outcome})
 
-    async def predict(self, request: Request) -> Response:
-        """
-        summary: '(original Skipper) synchronous prediction with the workflow''s model.'
-        responses: {200: {description: '{"task_id", "task_status": "SUCCESS", "outcome": {"predictions", ...}}'}}
-        """
-        workflow = self._api.workflow(request.path_params["workflow"])
-        payload = _payload(await read_json(request, self._max_body))
+    async def predict(self, call: Call[WorkflowPath, None, LegacyRequest]) -> Response:
+        workflow = self._api.workflow(call.path.workflow)
+        payload = self._payload(call.body)
         if isinstance(payload, dict) and "instances" not in payload:
             payload = {"instances": [payload]}
         elif isinstance(payload, list):
             payload = {"instances": payload if payload and isinstance(payload[0], (list, dict)) else [payload]}
         rows = parse_instances(payload, await self._api.schemas.features(workflow.model), self._max_instances)
-        outcome = await self._api.predict_rows(workflow.model, rows, request_correlation_id(request))
+        outcome = await self._api.predict_rows(workflow.model, rows, call.correlation_id)
         return JSONResponse({"task_id": new_id(), "task_status": "SUCCESS", "outcome": outcome})
 
-
-def _payload(body: Any) -> Any:
-    """The `payload` of an original-style request, decoding it when it was sent as a JSON string."""
-    if body is None:
-        return {}
-    if not isinstance(body, dict):
-        raise ValidationFailed("request body must be a JSON object with a 'payload'", details={"field": "payload"})
-    payload = body.get("payload", {k: v for k, v in body.items() if k != "task_type"})
-    if isinstance(payload, str):
+    def _payload(self, body: LegacyRequest) -> Any:
+        """The payload, decoded when it was sent as a JSON string (as the original clients did)."""
+        if not isinstance(body.payload, str):
+            return body.payload
         try:
-            payload = json.loads(payload) if payload.strip() else {}
-        except ValueError as exc:
-            raise BadRequest(f"payload is not valid JSON: {exc}") from None
-    return payload
+            return loads(body.payload, self._max_depth, what="payload") if body.payload.strip() else {}
+        except BadRequest as exc:  # the body was JSON; the string inside it is the invalid input
+            raise ValidationFailed(exc.message, details={"field": "payload"}) from None

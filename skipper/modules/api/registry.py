@@ -6,13 +6,14 @@ import asyncio
 import logging
 from typing import Any
 
-from skipper.core import contracts
+from skipper.core import contracts, signing
 from skipper.core.artifacts import sha256_of
 from skipper.core.bus import Transport
 from skipper.core.errors import ArtifactRejected, ValidationFailed
 from skipper.core.events import EventEmitter
 from skipper.core.messages import Message
 from skipper.core.repositories import ModelRegistry, ModelVersion, TaskRepository
+from skipper.core.settings import Settings
 from skipper.modules.api.artifacts import ArtifactStore
 
 log = logging.getLogger("skipper.registry")
@@ -21,14 +22,15 @@ log = logging.getLogger("skipper.registry")
 class RegistryService:
     """Answers the `registry` queue and announces production versions on `model.published`."""
 
-    def __init__(self, *, bus: Transport, events: EventEmitter, tasks: TaskRepository, registry: ModelRegistry,
-                 store: ArtifactStore, inline_max_bytes: int) -> None:
+    def __init__(self, *, settings: Settings, bus: Transport, events: EventEmitter, tasks: TaskRepository,
+                 registry: ModelRegistry, store: ArtifactStore) -> None:
+        self._settings = settings
         self._bus = bus
         self._events = events
         self._tasks = tasks
         self._registry = registry
         self._store = store
-        self._inline_max = inline_max_bytes
+        self._inline_max = settings.bus.inline_artifact_max_bytes
         self._handlers = {
             contracts.TASK_CLAIM: self._claim,
             contracts.TASK_PROGRESS: self._progress,
@@ -54,7 +56,8 @@ class RegistryService:
 
         A freshly trained version carries its `task_id`: servers put it on their install events.
         """
-        headers = version.announcement() | ({"task_id": task_id} if task_id else {})
+        headers = signing.sign(self._settings.bus.signing_key,
+                               version.announcement() | ({"task_id": task_id} if task_id else {}))
         body: dict[str, Any] | bytes = {"ref": True}
         if version.size <= self._inline_max:
             body = await asyncio.to_thread(self._store.read, version.path)
@@ -116,6 +119,14 @@ class RegistryService:
             await asyncio.to_thread(self._tasks.finish, task_id, "failed", error=error)
             return
         task = await asyncio.to_thread(self._tasks.get, task_id)
+        workflow = self._settings.workflows.get(task.workflow)
+        if workflow is None or workflow.model != model:
+            # Only what a declared workflow produces becomes a version: nothing else reaches the servers.
+            error = ArtifactRejected(f"model {model!r} is not what workflow {task.workflow!r} produces",
+                                     details={"model": model, "workflow": task.workflow}).to_payload()["error"]
+            if await asyncio.to_thread(self._tasks.finish, task_id, "failed", error=error):
+                await self._events.emit("task.failed", task_id=task_id, correlation_id=msg.correlation_id, error=error)
+            return
         if task.status in ("cancelled", "failed"):
             log.info("dropping artifact of %s task %s", task.status, task_id, extra={"correlation_id": msg.correlation_id})
             return
@@ -133,7 +144,8 @@ class RegistryService:
 
     async def _production(self, msg: Message) -> Message:
         versions = await asyncio.to_thread(self._registry.production)
-        return msg.reply({"models": [v.announcement() for v in versions]})
+        key = self._settings.bus.signing_key
+        return msg.reply({"models": [signing.sign(key, v.announcement()) for v in versions]})
 
     async def _artifact_bytes(self, msg: Message) -> Message:
         version = await asyncio.to_thread(self._registry.get, msg.data["model"], int(msg.data["version"]))

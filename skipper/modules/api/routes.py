@@ -7,24 +7,43 @@ import time
 from typing import Any
 
 from prometheus_client import Counter, Histogram
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
 
 from skipper.core import artifacts, contracts
 from skipper.core.bus import Transport
-from skipper.core.errors import Conflict, ModelNotReady, NotFound, SkipperError, Unavailable
+from skipper.core.errors import Conflict, ModelNotReady, NotFound, SkipperError, TooManyRequests, Unavailable
 from skipper.core.events import EventEmitter
-from skipper.core.http import paging, read_json, request_correlation_id
+from skipper.core.limits import check_train_limits
 from skipper.core.messages import Message, new_id
 from skipper.core.repositories import ModelRegistry, Task, TaskRepository
+from skipper.core.routing import Call, Endpoint, Reply
 from skipper.core.settings import Settings, Workflow
 from skipper.modules.api.artifacts import ArtifactStore
 from skipper.modules.api.coalesce import PredictCoalescer
+from skipper.modules.api.models import (
+    ModelList,
+    ModelOut,
+    ModelPath,
+    Prediction,
+    PredictRequest,
+    TaskList,
+    TaskOut,
+    TaskPath,
+    TasksQuery,
+    TrainAccepted,
+    TrainRequest,
+    VersionOut,
+    VersionPath,
+    WorkflowList,
+    WorkflowOut,
+    WorkflowPath,
+)
 from skipper.modules.api.registry import RegistryService
 from skipper.modules.api.validation import parse_instances, resolve_params
 
 PREDICTIONS = Counter("skipper_predictions_total", "Prediction requests by model and outcome", ["model", "outcome"])
+OTHER_MODEL = "_other"  # the label of every model name no workflow or registry knows: labels stay bounded
+QUEUE_RETRY_AFTER_S = 5.0
 PREDICT_SECONDS = Histogram("skipper_predict_seconds", "Prediction request latency at the api", ["model"])
 TRAIN_REQUESTS = Counter("skipper_train_requests_total", "Train requests by workflow", ["workflow"])
 
@@ -36,6 +55,14 @@ class ModelSchemas:
         self._registry = registry
         self._known = {w.model for w in workflows.values()}
         self._features: dict[str, list[str]] = {}
+
+    def known(self, model: str) -> bool:
+        """A model a workflow produces or the registry has served: safe to use as a metric label."""
+        return model in self._known
+
+    def width(self, model: str) -> int:
+        """The production version's feature count when cached, else 1 (a lower bound for limits)."""
+        return len(self._features.get(model) or ()) or 1
 
     def update(self, model: str, metadata: dict[str, Any]) -> None:
         if metadata.get("features"):
@@ -57,6 +84,8 @@ class ModelSchemas:
 
 
 class ApiRoutes:
+    """The api's endpoints and the service layer behind them (what the legacy routes call too)."""
+
     def __init__(self, *, settings: Settings, bus: Transport, events: EventEmitter, tasks: TaskRepository,
                  registry: ModelRegistry, store: ArtifactStore, service: RegistryService) -> None:
         self._settings = settings
@@ -74,21 +103,50 @@ class ApiRoutes:
             if settings.transport != "memory" else None
         )
 
-    def routes(self) -> list[BaseRoute]:
+    def routes(self) -> list[Endpoint]:
         return [
             # The hot path first: Starlette tries routes in order.
-            Route("/models/{model}/predict", self.predict, methods=["POST"]),
-            Route("/workflows", self.list_workflows, methods=["GET"]),
-            Route("/workflows/{workflow}", self.get_workflow, methods=["GET"]),
-            Route("/workflows/{workflow}/train", self.train, methods=["POST"]),
-            Route("/tasks", self.list_tasks, methods=["GET"]),
-            Route("/tasks/{task_id}", self.get_task, methods=["GET"]),
-            Route("/tasks/{task_id}", self.cancel_task, methods=["DELETE"]),
-            Route("/models", self.list_models, methods=["GET"]),
-            Route("/models/{model}", self.get_model, methods=["GET"]),
-            Route("/models/{model}/versions/{version:int}/deploy", self.deploy, methods=["POST"]),
-            Route("/models/{model}/versions/{version:int}/artifact", self.artifact, methods=["GET"]),
+            Endpoint("POST", "/models/{model}/predict", self.predict, scope="predict", path_params=ModelPath,
+                     body=PredictRequest, body_required=True, validate_body=False, responses={200: Prediction},
+                     errors={503: "No version trained yet, no server available, or the model's queue is full",
+                             504: "No server replied in time"},
+                     summary="Predict with the production version. Rows in feature order or {feature: value} objects."),
+            Endpoint("GET", "/workflows", self.list_workflows, scope="read", responses={200: WorkflowList},
+                     summary="The workflows this deployment can train."),
+            Endpoint("GET", "/workflows/{workflow}", self.get_workflow, scope="read", path_params=WorkflowPath,
+                     responses={200: WorkflowOut}, summary="One workflow with its default parameters."),
+            Endpoint("POST", "/workflows/{workflow}/train", self.train, scope="train", path_params=WorkflowPath,
+                     body=TrainRequest, validate_body=False, responses={202: TrainAccepted},
+                     errors={429: "Too many tasks queued (limits.max_queued_tasks)",
+                             503: "The broker is unavailable; nothing was queued"},
+                     summary="Queue a training task; params override the workflow's defaults within limits.*."),
+            Endpoint("GET", "/tasks", self.list_tasks, scope="read", query=TasksQuery, responses={200: TaskList},
+                     summary="Tasks, newest first; filter by workflow and status; paged with limit and offset."),
+            Endpoint("GET", "/tasks/{task_id}", self.get_task, scope="read", path_params=TaskPath,
+                     responses={200: TaskOut}, summary="One task with its status, progress, result and error."),
+            Endpoint("DELETE", "/tasks/{task_id}", self.cancel_task, scope="train", path_params=TaskPath,
+                     responses={200: TaskOut}, errors={409: "The task has already finished"},
+                     summary="Cancel a queued or running task; a running one stops at its next epoch."),
+            Endpoint("GET", "/models", self.list_models, scope="read", responses={200: ModelList},
+                     summary="Every model with its number of versions and its production version."),
+            Endpoint("GET", "/models/{model}", self.get_model, scope="read", path_params=ModelPath,
+                     responses={200: ModelOut}, summary="One model's versions with metrics; production marks the served one."),
+            Endpoint("POST", "/models/{model}/versions/{version}/deploy", self.deploy, scope="deploy",
+                     path_params=VersionPath, responses={200: VersionOut},
+                     summary="Make a version production (promote or roll back) and broadcast it to every server."),
+            Endpoint("GET", "/models/{model}/versions/{version}/artifact", self.artifact, scope="deploy",
+                     path_params=VersionPath,
+                     responses={200: Reply(description="tar.gz of model.keras + skipper.json", media_type=artifacts.MEDIA_TYPE)},
+                     summary="Download a version's artifact."),
         ]
+
+    async def audit(self, call: Call[Any, Any, Any], action: str, **fields: Any) -> None:
+        """Record a state change with the name of the key that made it (never the key): `GET /events?kind=audit`.
+
+        Kept out of the task's own timeline (no `task_id` on the event; `task` among its fields).
+        """
+        await self._events.emit("audit", correlation_id=call.correlation_id, action=action, key=call.principal.name,
+                                **fields)
 
     # --- workflows and training -----------------------------------------------------------
 
@@ -99,43 +157,35 @@ class ApiRoutes:
             raise NotFound(f"unknown workflow {name!r}", details={"workflow": name,
                                                                   "workflows": sorted(self._settings.workflows)}) from None
 
-    async def list_workflows(self, request: Request) -> Response:
-        """
-        summary: 'The workflows this deployment can train.'
-        responses: {200: {description: '{"workflows": [...]}'}}
-        """
+    async def list_workflows(self, call: Call[None, None, None]) -> Response:
         return JSONResponse({"workflows": [_workflow_json(n, w) for n, w in self._settings.workflows.items()]})
 
-    async def get_workflow(self, request: Request) -> Response:
-        """
-        summary: 'One workflow with its default parameters.'
-        responses: {200: {description: workflow}, 404: {description: unknown workflow}}
-        """
-        name = request.path_params["workflow"]
+    async def get_workflow(self, call: Call[WorkflowPath, None, None]) -> Response:
+        name = call.path.workflow
         return JSONResponse(_workflow_json(name, self.workflow(name)))
 
-    async def train(self, request: Request) -> Response:
-        """
-        summary: 'Queue a training task. Body {"params": {...}} overrides the workflow''s defaults.'
-        requestBody: {content: {application/json: {schema: {type: object, properties: {params: {type: object}}}}}}
-        responses:
-          202: {description: '{"task_id", "status": "queued", "workflow", "params"}'}
-          404: {description: unknown workflow}
-          422: {description: bad params, naming the field}
-          503: {description: the broker is unavailable; nothing was queued}
-        """
-        name = request.path_params["workflow"]
-        workflow = self.workflow(name)
-        params = resolve_params(workflow, await read_json(request, self._settings.http.max_body_bytes))
-        task = await self.submit_training(name, params.model_dump(), request_correlation_id(request))
-        return JSONResponse(
-            {"task_id": task.task_id, "status": task.status, "workflow": name, "params": task.params,
-             "links": {"self": f"{request.url.path.rsplit('/workflows', 1)[0]}/tasks/{task.task_id}"}},
-            status_code=202,
-        )
+    async def train(self, call: Call[WorkflowPath, None, Any]) -> Response:
+        name = call.path.workflow
+        task = await self.accept_training(call, name, self.workflow(name), call.body)
+        base = call.request.url.path.rsplit("/workflows", 1)[0]
+        return JSONResponse({"task_id": task.task_id, "status": task.status, "workflow": name, "params": task.params,
+                             "links": {"self": f"{base}/tasks/{task.task_id}"}}, status_code=202)
+
+    async def accept_training(self, call: Call[Any, Any, Any], name: str, workflow: Workflow, body: Any) -> Task:
+        """Validate a train request against the workflow and the limits, queue it, audit it."""
+        params = resolve_params(workflow, body)
+        check_train_limits(params, self._settings.limits_for(workflow), n_inputs=self.schemas.width(workflow.model))
+        task = await self.submit_training(name, params.model_dump(), call.correlation_id)
+        await self.audit(call, "train", task=task.task_id, workflow=name)
+        return task
 
     async def submit_training(self, workflow: str, params: dict[str, Any], correlation_id: str) -> Task:
         """Record the task, then send the command; if sending fails the task is failed, not lost."""
+        limit = self._settings.limits.max_queued_tasks
+        _, queued = await asyncio.to_thread(self._tasks.list, status="queued", limit=1)
+        if queued >= limit:
+            raise TooManyRequests(f"{queued} tasks are queued, the most limits.max_queued_tasks allows ({limit}); "
+                                  "retry later", details={"limit": limit, "retry_after_s": QUEUE_RETRY_AFTER_S})
         task_id = new_id()
         task = await asyncio.to_thread(self._tasks.create, task_id, workflow, params, correlation_id)
         command = Message(type=contracts.TRAIN_COMMAND, body={"task_id": task_id, "workflow": workflow, "params": params},
@@ -153,41 +203,22 @@ class ApiRoutes:
 
     # --- tasks ----------------------------------------------------------------------------
 
-    async def list_tasks(self, request: Request) -> Response:
-        """
-        summary: 'Tasks, newest first; filter by workflow and status; paged with limit and offset.'
-        parameters:
-          - {name: workflow, in: query, schema: {type: string}}
-          - {name: status, in: query, schema: {type: string, enum: [queued, running, succeeded, failed, cancelled]}}
-          - {name: limit, in: query, schema: {type: integer}}
-          - {name: offset, in: query, schema: {type: integer}}
-        responses: {200: {description: '{"tasks": [...], "total", "limit", "offset"}'}}
-        """
-        limit, offset = paging(request, maximum=self._settings.http.page_size_max)
-        q = request.query_params
-        tasks, total = await asyncio.to_thread(self._tasks.list, workflow=q.get("workflow"), status=q.get("status"),
-                                               limit=limit, offset=offset)
-        return JSONResponse({"tasks": [t.to_json() for t in tasks], "total": total, "limit": limit, "offset": offset})
+    async def list_tasks(self, call: Call[None, TasksQuery, None]) -> Response:
+        q = call.query
+        limit = min(q.limit, self._settings.http.page_size_max)
+        tasks, total = await asyncio.to_thread(self._tasks.list, workflow=q.workflow, status=q.status,
+                                               limit=limit, offset=q.offset)
+        return JSONResponse({"tasks": [t.to_json() for t in tasks], "total": total, "limit": limit, "offset": q.offset})
 
     async def task(self, task_id: str) -> Task:
         return await asyncio.to_thread(self._tasks.get, task_id)
 
-    async def get_task(self, request: Request) -> Response:
-        """
-        summary: 'One task with its status, progress (epoch, loss, metrics), result and error.'
-        responses: {200: {description: task}, 404: {description: unknown task}}
-        """
-        return JSONResponse((await self.task(request.path_params["task_id"])).to_json())
+    async def get_task(self, call: Call[TaskPath, None, None]) -> Response:
+        return JSONResponse((await self.task(call.path.task_id)).to_json())
 
-    async def cancel_task(self, request: Request) -> Response:
-        """
-        summary: 'Cancel a queued or running task; a running one stops at its next epoch.'
-        responses:
-          200: {description: the cancelled task}
-          404: {description: unknown task}
-          409: {description: already finished}
-        """
-        task = await self.cancel(request.path_params["task_id"], request_correlation_id(request))
+    async def cancel_task(self, call: Call[TaskPath, None, None]) -> Response:
+        task = await self.cancel(call.path.task_id, call.correlation_id)
+        await self.audit(call, "cancel", task=task.task_id, workflow=task.workflow)
         return JSONResponse(task.to_json())
 
     async def cancel(self, task_id: str, correlation_id: str) -> Task:
@@ -202,67 +233,39 @@ class ApiRoutes:
 
     # --- models ---------------------------------------------------------------------------
 
-    async def list_models(self, request: Request) -> Response:
-        """
-        summary: 'Every model with its number of versions and its production version.'
-        responses: {200: {description: '{"models": [...]}'}}
-        """
+    async def list_models(self, call: Call[None, None, None]) -> Response:
         return JSONResponse({"models": await asyncio.to_thread(self._registry.models)})
 
-    async def get_model(self, request: Request) -> Response:
-        """
-        summary: 'One model''s versions with metrics; `production` marks the served one.'
-        responses: {200: {description: '{"model", "production_version", "versions": [...]}'}, 404: {description: unknown model}}
-        """
-        model = request.path_params["model"]
+    async def get_model(self, call: Call[ModelPath, None, None]) -> Response:
+        model = call.path.model
         versions = await asyncio.to_thread(self._registry.versions, model)
         production = next((v.version for v in versions if v.production), None)
         return JSONResponse({"model": model, "production_version": production,
                              "versions": [v.to_json() for v in versions]})
 
-    async def deploy(self, request: Request) -> Response:
-        """
-        summary: 'Make a version production (promote or roll back) and broadcast it to every server.'
-        responses: {200: {description: the deployed version}, 404: {description: unknown model or version}}
-        """
-        model, version = request.path_params["model"], request.path_params["version"]
+    async def deploy(self, call: Call[VersionPath, None, None]) -> Response:
+        model, version = call.path.model, call.path.version
         deployed = await asyncio.to_thread(self._registry.deploy, model, version)
         self.schemas.update(model, deployed.metadata)
-        await self._service.announce(deployed, request_correlation_id(request))
+        await self._service.announce(deployed, call.correlation_id)
+        await self.audit(call, "deploy", model=model, version=version)
         return JSONResponse(deployed.to_json())
 
-    async def artifact(self, request: Request) -> Response:
-        """
-        summary: 'Download a version''s artifact (tar.gz of model.keras + skipper.json).'
-        responses: {200: {description: the archive}, 404: {description: unknown model or version}}
-        """
-        version = await asyncio.to_thread(self._registry.get, request.path_params["model"], request.path_params["version"])
+    async def artifact(self, call: Call[VersionPath, None, None]) -> Response:
+        version = await asyncio.to_thread(self._registry.get, call.path.model, call.path.version)
         data = await asyncio.to_thread(self._store.read, version.path)
         filename = f"{version.model}-v{version.version}.tar.gz"
         return Response(data, media_type=artifacts.MEDIA_TYPE, headers={
             "content-disposition": f'attachment; filename="{filename}"', "x-sha256": version.sha256})
 
-    async def predict(self, request: Request) -> Response:
-        """
-        summary: 'Predict with the production version. Rows as lists in feature order or {feature: value} objects.'
-        requestBody: {content: {application/json: {schema: {type: object, properties: {instances: {type: array}}}}}}
-        responses:
-          200: {description: '{"predictions": [...], "model", "model_version"}'}
-          400: {description: malformed JSON}
-          404: {description: unknown model}
-          413: {description: body too large}
-          422: {description: wrong feature count, unknown feature, non-numeric or non-finite value}
-          503: {description: no version trained yet, or no server available}
-          504: {description: no server replied in time}
-        """
-        model = request.path_params["model"]
+    async def predict(self, call: Call[ModelPath, None, Any]) -> Response:
+        model = call.path.model
         started = time.perf_counter()
         try:
-            body = await read_json(request, self._settings.http.max_body_bytes)
-            rows = parse_instances(body, await self.schemas.features(model), self._settings.http.max_instances)
-            reply = await self.predict_rows(model, rows, request_correlation_id(request))
+            rows = parse_instances(call.body, await self.schemas.features(model), self._settings.http.max_instances)
+            reply = await self.predict_rows(model, rows, call.correlation_id)
         except SkipperError as exc:
-            PREDICTIONS.labels(model, exc.code).inc()
+            PREDICTIONS.labels(model if self.schemas.known(model) else OTHER_MODEL, exc.code).inc()
             raise
         PREDICTIONS.labels(model, "ok").inc()
         PREDICT_SECONDS.labels(model).observe(time.perf_counter() - started)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -21,13 +22,16 @@ def resolve_params(workflow: Workflow, body: Any) -> TrainParams:
     if unknown:
         raise ValidationFailed(f"unknown field {sorted(unknown)[0]!r}; expected 'params'",
                                details={"field": sorted(unknown)[0]})
-    overrides = body.get("params") or {}
+    overrides = body.get("params")
+    if overrides is None:
+        overrides = {}
     if not isinstance(overrides, dict):
         raise ValidationFailed("params must be a JSON object", details={"field": "params"})
     merged = workflow.params.model_dump()
     merged.update(overrides)
     try:
-        return TrainParams.model_validate(merged)
+        # Strict, as JSON: "5" is not an epoch count and true is not a learning rate (what openapi.json says).
+        return TrainParams.model_validate_json(json.dumps(merged), strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = "params." + ".".join(str(p) for p in first["loc"])

@@ -7,18 +7,48 @@ import datetime as dt
 import logging
 from typing import Any
 
-from starlette.requests import Request
+from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
 
 from skipper.core import contracts
 from skipper.core.bus import Transport
-from skipper.core.http import paging
 from skipper.core.messages import Message
 from skipper.core.module import Module
 from skipper.core.repositories import EventRepository, TaskRepository
+from skipper.core.routing import Call, Endpoint, PageQuery
 
 log = logging.getLogger("skipper.events")
+
+
+class TaskPath(BaseModel):
+    task_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", examples=["3f2c9a0d4b1e4c7f8a6b5d4c3b2a1f0e"])
+
+
+class EventsQuery(PageQuery):
+    kind: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="only events of this kind")
+
+
+class EventOut(BaseModel):
+    id: int
+    at: str | None
+    kind: str
+    source: str
+    task_id: str | None
+    correlation_id: str | None
+    fields: dict[str, Any]
+
+
+class EventList(BaseModel):
+    """Events, oldest first."""
+
+    events: list[EventOut]
+
+
+class TaskEvents(BaseModel):
+    """A task's events, oldest first."""
+
+    task_id: str
+    events: list[EventOut]
 
 
 class LoggingModule(Module):
@@ -48,35 +78,23 @@ class LoggingModule(Module):
             correlation_id=msg.correlation_id, fields=fields, at=at,
         )
 
-    def routes(self) -> list[BaseRoute]:
+    def routes(self) -> list[Endpoint]:
         return [
-            Route("/tasks/{task_id}/events", self._task_events, methods=["GET"]),
-            Route("/events", self._all_events, methods=["GET"]),
+            Endpoint("GET", "/tasks/{task_id}/events", self._task_events, scope="read", path_params=TaskPath,
+                     query=PageQuery, responses={200: TaskEvents},
+                     summary="The events of one task, oldest first (queued, started, progress, succeeded/failed)."),
+            Endpoint("GET", "/events", self._all_events, scope="read", query=EventsQuery, responses={200: EventList},
+                     summary="Events of every module, oldest first, filterable by kind (e.g. audit)."),
         ]
 
-    async def _task_events(self, request: Request) -> Response:
-        """
-        summary: 'The events of one task, oldest first (queued, started, progress, succeeded/failed).'
-        parameters:
-          - {name: task_id, in: path, required: true, schema: {type: string}}
-        responses: {200: {description: '{"task_id", "events": [...]}'}, 404: {description: unknown task}}
-        """
-        task_id = request.path_params["task_id"]
+    async def _task_events(self, call: Call[TaskPath, PageQuery, None]) -> Response:
+        task_id = call.path.task_id
         await asyncio.to_thread(self._tasks.get, task_id)  # 404 for an unknown task
-        limit, offset = paging(request)
-        events = await asyncio.to_thread(self._events.list, task_id=task_id, limit=limit, offset=offset)
+        events = await asyncio.to_thread(self._events.list, task_id=task_id, limit=call.query.limit,
+                                         offset=call.query.offset)
         return JSONResponse({"task_id": task_id, "events": events})
 
-    async def _all_events(self, request: Request) -> Response:
-        """
-        summary: 'Recent events of every module, filterable by kind.'
-        parameters:
-          - {name: kind, in: query, schema: {type: string}}
-          - {name: limit, in: query, schema: {type: integer}}
-          - {name: offset, in: query, schema: {type: integer}}
-        responses: {200: {description: '{"events": [...]}'}}
-        """
-        limit, offset = paging(request)
-        kind = request.query_params.get("kind")
-        events = await asyncio.to_thread(self._events.list, kind=kind, limit=limit, offset=offset)
+    async def _all_events(self, call: Call[None, EventsQuery, None]) -> Response:
+        q = call.query
+        events = await asyncio.to_thread(self._events.list, kind=q.kind, limit=q.limit, offset=q.offset)
         return JSONResponse({"events": events})

@@ -11,6 +11,10 @@ The model call runs inline on the loop when a full batch is cheap (~0.2 ms for t
 models Skipper trains: a thread hop would cost more than the call), else in a worker thread
 so the loop keeps accepting requests. A failing batch is retried request by request, so
 one bad request fails alone.
+
+Load shedding (as TF Serving's `max_enqueued_batches`): when more than `max_queued_rows` rows
+already wait for a model call, a new request fails at once with `Overloaded` (503 with
+`Retry-After` at the api) instead of waiting behind them; the error crosses the bus typed.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from skipper.core.errors import ValidationFailed
+from skipper.core.errors import Overloaded, ValidationFailed
 
 log = logging.getLogger("skipper.serving")
 
 RunBatch = Callable[[np.ndarray], list[Any]]
+SHED_RETRY_AFTER_S = 1.0
 
 
 @dataclass(slots=True)
@@ -40,9 +45,11 @@ class _Pending:
 class Batcher:
     """Queues requests for one model version and runs them in merged batches, one at a time."""
 
-    def __init__(self, run: RunBatch, *, max_rows: int, max_wait_ms: float, inline: bool) -> None:
+    def __init__(self, run: RunBatch, *, max_rows: int, max_wait_ms: float, inline: bool,
+                 max_queued_rows: int | None = None) -> None:
         self._run = run
         self._max_rows = max_rows
+        self._max_queued_rows = max_queued_rows
         self._max_wait_s = max_wait_ms / 1000
         self.inline = inline
         self._queue: deque[_Pending] = deque()
@@ -55,9 +62,18 @@ class Batcher:
         self.calls = 0
         self.requests = 0
         self.rows = 0
+        self.shed = 0
 
     def submit(self, rows: np.ndarray) -> asyncio.Future[list[Any]]:
-        """Queue `rows` (one request); the future resolves to exactly their predictions."""
+        """Queue `rows` (one request); the future resolves to exactly their predictions.
+
+        Raises `Overloaded` at once when the queue already holds more than `max_queued_rows` rows.
+        """
+        if self._max_queued_rows is not None and self._queued_rows + len(rows) > self._max_queued_rows:
+            self.shed += 1
+            raise Overloaded(f"the model's queue is full ({self._queued_rows} rows waiting); retry shortly",
+                             details={"queued_rows": self._queued_rows, "limit": self._max_queued_rows,
+                                      "retry_after_s": SHED_RETRY_AFTER_S})
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(rows, future))
         self._queued_rows += len(rows)

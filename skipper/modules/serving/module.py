@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from skipper.core import contracts
+from skipper.core import contracts, signing
 from skipper.core.bus import Transport
 from skipper.core.errors import ArtifactRejected, ModelNotReady, SkipperError, ValidationFailed
 from skipper.core.events import EventEmitter
@@ -38,6 +38,7 @@ class Release:
     size: int
     seq: int
     metadata: dict[str, Any]
+    signature: str = ""
 
     @classmethod
     def parse(cls, fields: dict[str, Any]) -> Release:
@@ -50,6 +51,7 @@ class Release:
                 size=_int(fields.get("size", 0)),
                 seq=_int(fields["seq"]),
                 metadata=dict(fields.get("metadata") or {}),
+                signature=str(fields.get(signing.HEADER) or ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactRejected(f"malformed model announcement: {exc!r}") from None
@@ -179,6 +181,7 @@ class ServingModule(Module):
                 return False
             started = time.perf_counter()
             try:
+                signing.verify(self._settings.bus.signing_key, asdict(release))
                 if release.size > self._settings.serving.max_artifact_bytes:
                     raise ArtifactRejected(f"artifact is {release.size} bytes, over the limit",
                                            details={"limit": self._settings.serving.max_artifact_bytes})
@@ -205,7 +208,7 @@ class ServingModule(Module):
         serving = self._settings.serving
         inline = prepared.batch_ms <= store.INLINE_BUDGET_MS
         batcher = Batcher(prepared.predictor.predict, max_rows=serving.max_batch_size,
-                          max_wait_ms=serving.max_wait_ms, inline=inline)
+                          max_wait_ms=serving.max_wait_ms, inline=inline, max_queued_rows=serving.max_queued_rows)
         old = self._models.get(release.model)
         # The swap: one reference assignment on the loop. Requests that already looked up
         # `old` finish on it; every later lookup sees the new version.

@@ -3,19 +3,22 @@
 A workflow names its trainer by import path (`package.module:function`). The function takes
 a `TrainJob` and returns a `TrainResult`; it runs in a worker thread and may block. It saves
 the model to `job.model_path`, calls `job.report_epoch` after every epoch, and stops early
-(returning `cancelled=True`) once `job.stop_requested()` is true.
+(returning `cancelled=True`) once `job.stop_requested()` is true. `stop_requested()` also turns
+true when the training runs past `limits.max_train_seconds` (a `Deadline`); the training module
+then fails the task with a `LimitExceeded` error, whatever the trainer returned.
 """
 
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from skipper.core.errors import ConfigError
-from skipper.core.settings import TrainParams, Workflow
+from skipper.core.errors import ConfigError, LimitExceeded
+from skipper.core.settings import Limits, TrainParams, Workflow
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class TrainJob:
     report_epoch: Callable[[EpochReport], None]
     stop_requested: Callable[[], bool]
     correlation_id: str | None = None
+    limits: Limits = field(default_factory=Limits)  # the workflow's limits, for trainers that check them
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,30 @@ class TrainResult:
 
 
 Trainer = Callable[[TrainJob], TrainResult]
+
+
+class Deadline:
+    """The wall-clock budget of one training (`limits.max_train_seconds`), from its start."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._ends = clock() + seconds
+
+    def expired(self) -> bool:
+        return self._clock() >= self._ends
+
+    def stop_condition(self, stop: Callable[[], bool]) -> Callable[[], bool]:
+        """`stop`, or the deadline: what a trainer polls as `job.stop_requested`."""
+        return lambda: stop() or self.expired()
+
+    def check(self) -> None:
+        """`LimitExceeded` once the deadline has passed: the training is failed, not retried."""
+        if self.expired():
+            raise LimitExceeded(
+                f"training ran past limits.max_train_seconds ({self.seconds:g} s) and was stopped",
+                details={"limit": "limits.max_train_seconds", "max": self.seconds},
+            )
 
 
 def resolve_trainer(path: str) -> Trainer:

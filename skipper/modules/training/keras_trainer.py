@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from skipper.core.errors import ValidationFailed
+from skipper.core.limits import check_train_limits
 from skipper.modules.training.datasets import Dataset, load_dataset
 from skipper.modules.training.jobs import EpochReport, TrainJob, TrainResult
 
@@ -35,6 +36,8 @@ def train(job: TrainJob) -> TrainResult:
     extra = {"correlation_id": job.correlation_id}
     data = load_dataset(workflow.dataset, workflow.kind, data_dir=job.data_dir)
     classification = workflow.kind == "classification"
+    outputs = len(data.classes) if classification and data.classes else len(data.targets)
+    check_train_limits(params, job.limits, n_inputs=len(data.features), n_outputs=outputs)  # exact, before allocating
     x_train, x_test, y_train, y_test = _split(data, params, classification)
     _check_validation_split(len(x_train), params.validation_split)
     monitor = _monitor(params, classification)

@@ -25,11 +25,12 @@ from skipper.core import artifacts, contracts
 from skipper.core.bus import Transport
 from skipper.core.errors import NotFound, SkipperError, Unavailable, ValidationFailed
 from skipper.core.events import EventEmitter
+from skipper.core.limits import check_train_limits
 from skipper.core.messages import Message
 from skipper.core.module import Module
 from skipper.core.settings import Settings, TrainingSettings, TrainParams, Workflow
 from skipper.modules.training import packaging
-from skipper.modules.training.jobs import EpochReport, TrainJob, resolve_trainer
+from skipper.modules.training.jobs import Deadline, EpochReport, TrainJob, resolve_trainer
 
 log = logging.getLogger("skipper.training")
 
@@ -256,6 +257,9 @@ class TrainingModule(Module):
     ) -> _Packaged | None:
         """Train and package (blocking). None when the task was cancelled."""
         trainer = resolve_trainer(workflow.trainer)
+        limits = self._settings.limits_for(workflow)
+        check_train_limits(params, limits)  # again where it runs, whoever sent the command
+        deadline = Deadline(limits.max_train_seconds)
 
         def report_epoch(report: EpochReport) -> None:
             # Wait for the send: keeps progress in order and ahead of the artifact, and slows a
@@ -279,10 +283,13 @@ class TrainingModule(Module):
                 data_dir=self._settings.data_dir,
                 model_path=model_path,
                 report_epoch=report_epoch,
-                stop_requested=stop.is_set,
+                stop_requested=deadline.stop_condition(stop.is_set),
                 correlation_id=cid,
+                limits=limits,
             )
             result = trainer(job)
+            if not stop.is_set():
+                deadline.check()
             if result.cancelled or stop.is_set():
                 return None
             if not model_path.is_file():

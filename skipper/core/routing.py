@@ -1,0 +1,153 @@
+"""How a route declares itself, once: from an `Endpoint` come the Starlette route, the auth
+check, input validation (`skipper.core.pipeline`) and its part of the OpenAPI document
+(`skipper.core.openapi`).
+
+    Endpoint("POST", "/models/{model}/versions/{version}/deploy", self.deploy, scope="deploy",
+             summary="Make a version production.", path_params=VersionPath,
+             responses={200: VersionOut}, errors={409: "..."})
+
+    async def deploy(self, call: Call[VersionPath, None, None]) -> Response: ...
+
+A route without a declared scope needs `admin`: secure by default, never open by omission.
+Routes come in `RouteGroup`s: a path prefix and an error style (Skipper's own
+`{"error": {"code", "message", "details"}}`, or the inference protocols' `{"error": "<text>"}`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from skipper.core.auth import ADMIN, Access, Principal
+from skipper.core.errors import SkipperError
+
+P = TypeVar("P")
+Q = TypeVar("Q")
+B = TypeVar("B")
+
+API_BASE = "/api/v1/skipper"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[P, Q, B]):
+    """What a handler gets: the request, its validated inputs, and who is calling.
+
+    `path`, `query` and `body` are instances of the endpoint's models (None when it has none;
+    the raw JSON body when the endpoint validates its body itself).
+    """
+
+    request: Request
+    path: P
+    query: Q
+    body: B
+    principal: Principal
+
+    @property
+    def correlation_id(self) -> str:
+        return str(self.request.state.correlation_id)
+
+
+Handler = Callable[[Call[Any, Any, Any]], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A success response: its model (JSON), or a media type and a description for anything else."""
+
+    model: type[BaseModel] | None = None
+    description: str = ""
+    media_type: str = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One route: method, path (relative to its group), handler, the scope it needs, its models."""
+
+    method: str
+    path: str
+    handler: Handler
+    scope: Access = ADMIN
+    summary: str = ""
+    path_params: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    body_required: bool = False
+    validate_body: bool = True  # False: the handler validates the raw JSON itself (naming fields its own way)
+    responses: Mapping[int, type[BaseModel] | Reply] = field(default_factory=dict)
+    errors: Mapping[int, str] = field(default_factory=dict)  # statuses beyond the ones the pipeline adds
+    # "json": unsafe methods accept JSON only (415 otherwise). "form": the dashboard's own form posts,
+    # which carry a CSRF token checked by their handler instead.
+    content: Literal["json", "form"] = "json"
+    in_schema: bool = True
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = set(re.findall(r"{([^}:]+)", self.path))
+        fields = set(self.path_params.model_fields) if self.path_params else set()
+        assert names == fields, f"{self.method} {self.path}: path parameters {sorted(names)} vs model {sorted(fields)}"
+        assert self.method in {"GET", "POST", "PUT", "PATCH", "DELETE"}, self.method
+
+    @property
+    def unsafe(self) -> bool:
+        return self.method in UNSAFE_METHODS
+
+
+class PageQuery(BaseModel):
+    """`limit` and `offset` of a paged list."""
+
+    limit: int = Field(50, ge=1, le=1000, description="at most this many items")
+    offset: int = Field(0, ge=0, le=2**31 - 1, description="skip this many items first")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class ErrorResponse(BaseModel):
+    """Skipper's error: a stable code, a message for people, details (e.g. `field`) for programs."""
+
+    error: ErrorBody
+
+
+class StringError(BaseModel):
+    """The inference protocols' error: one message."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorStyle:
+    """How a group of routes writes an error body, and the schema that documents it."""
+
+    name: str
+    render: Callable[[SkipperError], dict[str, Any]]
+    schema: type[BaseModel]
+
+
+SKIPPER_ERRORS = ErrorStyle("skipper", lambda exc: exc.to_payload(), ErrorResponse)
+STRING_ERRORS = ErrorStyle("string", lambda exc: {"error": exc.message}, StringError)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteGroup:
+    """Endpoints under one path prefix ("" for the root) that share an error style."""
+
+    prefix: str
+    endpoints: Sequence[Endpoint]
+    errors: ErrorStyle = SKIPPER_ERRORS
+
+
+def grouped(routes: Sequence[Endpoint | RouteGroup]) -> list[RouteGroup]:
+    """A module's routes as groups: bare endpoints go under the API base with Skipper's errors."""
+    bare = [r for r in routes if isinstance(r, Endpoint)]
+    groups = [r for r in routes if isinstance(r, RouteGroup)]
+    return ([RouteGroup(API_BASE, bare)] if bare else []) + groups
