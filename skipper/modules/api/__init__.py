@@ -18,6 +18,7 @@ from skipper.modules.api.artifacts import ArtifactStore
 from skipper.modules.api.legacy import LegacyRoutes
 from skipper.modules.api.registry import RegistryService
 from skipper.modules.api.routes import ApiRoutes
+from skipper.modules.api.service import ApiService
 
 log = logging.getLogger("skipper.api")
 
@@ -29,14 +30,15 @@ class ApiModule(Module):
                  registry: ModelRegistry, store: ArtifactStore) -> None:
         self._bus = bus
         self._settings = settings
-        self.service = RegistryService(settings=settings, bus=bus, events=events, tasks=tasks, registry=registry,
-                                       store=store)
-        self.api = ApiRoutes(settings=settings, bus=bus, events=events, tasks=tasks, registry=registry, store=store,
-                             service=self.service)
-        self._legacy = LegacyRoutes(self.api, settings.http.max_instances, settings.http.max_json_depth)
+        self.registry = RegistryService(settings=settings, bus=bus, events=events, tasks=tasks, registry=registry,
+                                        store=store)
+        self.service = ApiService(settings=settings, bus=bus, events=events, tasks=tasks, registry=registry, store=store,
+                                  announcer=self.registry)
+        self._api = ApiRoutes(self.service)
+        self._legacy = LegacyRoutes(self.service, settings.http.max_json_depth)
 
     def register(self, bus: Transport) -> None:
-        self.service.register(bus)
+        self.registry.register(bus)
         # Another api replica may have promoted a version: keep this replica's feature schemas current.
         bus.subscribe(contracts.MODEL_PUBLISHED, self._on_published)
 
@@ -46,10 +48,10 @@ class ApiModule(Module):
         except ArtifactRejected as exc:  # someone else on the broker: keep the schemas the registry announced
             log.warning("ignoring a model announcement: %s", exc.message, extra={"correlation_id": msg.correlation_id})
             return
-        self.api.schemas.update(str(msg.headers.get("model")), msg.headers.get("metadata") or {})
+        self.service.schemas.update(str(msg.headers.get("model")), msg.headers.get("metadata") or {})
 
     def routes(self) -> Sequence[Endpoint | RouteGroup]:
-        return self.api.routes() + self._legacy.routes()
+        return self._api.routes() + self._legacy.routes()
 
     def ready(self) -> bool:
         return self._bus.connected

@@ -17,17 +17,15 @@ from skipper.core.messages import new_id
 from skipper.core.pipeline import loads
 from skipper.core.routing import Call, Endpoint
 from skipper.modules.api.models import LegacyRequest, LegacyTask, LegacyTaskPath, WorkflowPath
-from skipper.modules.api.routes import ApiRoutes
-from skipper.modules.api.validation import parse_instances
+from skipper.modules.api.service import ApiService
 
 CELERY_STATUS = {"queued": "PENDING", "running": "STARTED", "succeeded": "SUCCESS", "failed": "FAILURE",
                  "cancelled": "REVOKED"}
 
 
 class LegacyRoutes:
-    def __init__(self, api: ApiRoutes, max_instances: int, max_json_depth: int) -> None:
-        self._api = api
-        self._max_instances = max_instances
+    def __init__(self, service: ApiService, max_json_depth: int) -> None:
+        self._service = service
         self._max_depth = max_json_depth
 
     def routes(self) -> list[Endpoint]:
@@ -47,30 +45,28 @@ class LegacyRoutes:
         ]
 
     async def training(self, call: Call[WorkflowPath, None, LegacyRequest]) -> Response:
-        name = call.path.workflow
-        workflow = self._api.workflow(name)
         payload = self._payload(call.body)
         if not isinstance(payload, dict):
             raise ValidationFailed("payload must be an object of training params", details={"field": "payload"})
-        task = await self._api.accept_training(call, name, workflow, {"params": payload.get("params", payload)})
+        task = await self._service.train(call.path.workflow, {"params": payload.get("params", payload)},
+                                         actor=call.principal.name, correlation_id=call.correlation_id)
         return JSONResponse({"task_id": task.task_id, "task_status": CELERY_STATUS[task.status]}, status_code=202)
 
     async def status(self, call: Call[LegacyTaskPath, None, None]) -> Response:
-        task = await self._api.task(call.path.task_id)
+        task = await self._service.task(call.path.task_id)
         if task.workflow != call.path.workflow:
             raise NotFound(f"task {task.task_id} does not belong to workflow {call.path.workflow!r}")
         outcome: Any = task.result if task.status == "succeeded" else (task.error or {}).get("message")
         return JSONResponse({"task_id": task.task_id, "task_status": CELERY_STATUS[task.status], "outcome": outcome})
 
     async def predict(self, call: Call[WorkflowPath, None, LegacyRequest]) -> Response:
-        workflow = self._api.workflow(call.path.workflow)
+        workflow = self._service.workflow(call.path.workflow)
         payload = self._payload(call.body)
         if isinstance(payload, dict) and "instances" not in payload:
             payload = {"instances": [payload]}
         elif isinstance(payload, list):
             payload = {"instances": payload if payload and isinstance(payload[0], (list, dict)) else [payload]}
-        rows = parse_instances(payload, await self._api.schemas.features(workflow.model), self._max_instances)
-        outcome = await self._api.predict_rows(workflow.model, rows, call.correlation_id)
+        outcome = await self._service.predict(workflow.model, payload, correlation_id=call.correlation_id)
         return JSONResponse({"task_id": new_id(), "task_status": "SUCCESS", "outcome": outcome})
 
     def _payload(self, body: LegacyRequest) -> Any:

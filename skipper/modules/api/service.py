@@ -1,0 +1,212 @@
+"""The api's service layer: what every HTTP surface calls (native routes, the original Skipper
+contract, the inference protocols, the dashboard).
+
+Routes only translate HTTP: they parse a request into these calls and render what comes back.
+Validation against workflows, limits and feature schemas, the task table, the bus, audit
+events and prediction metrics live here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+from skipper.core import contracts
+from skipper.core.bus import Transport
+from skipper.core.errors import Conflict, NotFound, SkipperError, TooManyRequests, Unavailable
+from skipper.core.events import EventEmitter
+from skipper.core.limits import check_train_limits
+from skipper.core.messages import Message, new_id
+from skipper.core.repositories import ModelRegistry, ModelVersion, Task, TaskRepository
+from skipper.core.settings import Settings, Workflow
+from skipper.modules.api.artifacts import ArtifactStore
+from skipper.modules.api.coalesce import PredictCoalescer
+from skipper.modules.api.registry import RegistryService
+from skipper.modules.api.schemas import ModelSchemas
+from skipper.modules.api.validation import parse_instances, resolve_params
+
+PREDICTIONS = Counter("skipper_predictions_total", "Prediction requests by model and outcome", ["model", "outcome"])
+PREDICT_SECONDS = Histogram("skipper_predict_seconds", "Prediction request latency at the api", ["model"])
+TRAIN_REQUESTS = Counter("skipper_train_requests_total", "Train requests by workflow", ["workflow"])
+OTHER_MODEL = "_other"  # the label of every model name no workflow or registry knows: labels stay bounded
+QUEUE_RETRY_AFTER_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    """One page of the task list and how many tasks match in all."""
+
+    tasks: list[Task]
+    total: int
+    limit: int
+    offset: int
+
+
+class ApiService:
+    """Submit and cancel training, read tasks and models, deploy, download, predict."""
+
+    def __init__(self, *, settings: Settings, bus: Transport, events: EventEmitter, tasks: TaskRepository,
+                 registry: ModelRegistry, store: ArtifactStore, announcer: RegistryService) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._events = events
+        self._tasks = tasks
+        self._registry = registry
+        self._store = store
+        self._announcer = announcer
+        self.schemas = ModelSchemas(registry, settings.workflows)
+        # In-process the server batches by itself; across a broker, fewer and larger bus requests pay.
+        self._coalescer = (
+            PredictCoalescer(self._request_rows, max_rows=settings.serving.max_batch_size,
+                             pipeline=settings.http.predict_pipeline)
+            if settings.transport != "memory" else None
+        )
+
+    # --- workflows and training -----------------------------------------------------------
+
+    @property
+    def workflows(self) -> dict[str, Workflow]:
+        return self._settings.workflows
+
+    def workflow(self, name: str) -> Workflow:
+        """The workflow called `name`; `NotFound` naming the ones there are."""
+        try:
+            return self._settings.workflows[name]
+        except KeyError:
+            raise NotFound(f"unknown workflow {name!r}", details={"workflow": name,
+                                                                  "workflows": sorted(self._settings.workflows)}) from None
+
+    async def train(self, workflow: str, body: Any, *, actor: str, correlation_id: str) -> Task:
+        """Validate a train request (`{"params": {...}}`) against the workflow and the limits, queue it, audit it."""
+        declared = self.workflow(workflow)
+        params = resolve_params(declared, body)
+        check_train_limits(params, self._settings.limits_for(declared), n_inputs=self.schemas.width(declared.model))
+        task = await self._submit(workflow, params.model_dump(), correlation_id)
+        await self._audit("train", actor, correlation_id, task=task.task_id, workflow=workflow)
+        return task
+
+    async def _submit(self, workflow: str, params: dict[str, Any], correlation_id: str) -> Task:
+        """Record the task, then send the command; if sending fails the task is failed, not lost."""
+        limit = self._settings.limits.max_queued_tasks
+        _, queued = await asyncio.to_thread(self._tasks.list, status="queued", limit=1)
+        if queued >= limit:
+            raise TooManyRequests(f"{queued} tasks are queued, the most limits.max_queued_tasks allows ({limit}); "
+                                  "retry later", details={"limit": limit, "retry_after_s": QUEUE_RETRY_AFTER_S})
+        task_id = new_id()
+        task = await asyncio.to_thread(self._tasks.create, task_id, workflow, params, correlation_id)
+        command = Message(type=contracts.TRAIN_COMMAND, body={"task_id": task_id, "workflow": workflow, "params": params},
+                          headers={"task_id": task_id}, correlation_id=correlation_id)
+        try:
+            await self._bus.send(contracts.TRAIN, command)
+        except SkipperError as exc:
+            error = {"code": exc.code, "message": f"could not queue the task: {exc.message}", "details": {}}
+            await asyncio.to_thread(self._tasks.finish, task_id, "failed", error=error)
+            raise Unavailable(f"training is unavailable: {exc.message}", details={"task_id": task_id}) from exc
+        TRAIN_REQUESTS.labels(workflow).inc()
+        await self._events.emit("task.queued", task_id=task_id, correlation_id=correlation_id, workflow=workflow,
+                                params=params)
+        return task
+
+    # --- tasks ----------------------------------------------------------------------------
+
+    async def task(self, task_id: str) -> Task:
+        return await asyncio.to_thread(self._tasks.get, task_id)
+
+    async def tasks(self, *, workflow: str | None, status: str | None, limit: int, offset: int) -> TaskPage:
+        """A page of tasks, newest first; `limit` is capped by `http.page_size_max`."""
+        limit = min(limit, self._settings.http.page_size_max)
+        tasks, total = await asyncio.to_thread(self._tasks.list, workflow=workflow, status=status, limit=limit,
+                                               offset=offset)
+        return TaskPage(tasks, total, limit, offset)
+
+    async def cancel(self, task_id: str, *, actor: str, correlation_id: str) -> Task:
+        """Cancel a queued or running task (a running one stops at its next epoch); `Conflict` once finished."""
+        error = {"code": "cancelled", "message": "cancelled by request", "details": {}}
+        if not await asyncio.to_thread(self._tasks.finish, task_id, "cancelled", error=error):
+            task = await asyncio.to_thread(self._tasks.get, task_id)
+            raise Conflict(f"task {task_id} already {task.status}", details={"status": task.status})
+        await self._bus.publish(contracts.TASK_CANCELLED, Message(type=contracts.TASK_CANCELLED,
+                                                                  body={"task_id": task_id}, correlation_id=correlation_id))
+        await self._events.emit("task.cancelled", task_id=task_id, correlation_id=correlation_id)
+        task = await asyncio.to_thread(self._tasks.get, task_id)
+        await self._audit("cancel", actor, correlation_id, task=task.task_id, workflow=task.workflow)
+        return task
+
+    # --- models ---------------------------------------------------------------------------
+
+    async def models(self) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._registry.models)
+
+    async def versions(self, model: str) -> list[ModelVersion]:
+        """Every version of `model`, oldest first; `production` marks the served one."""
+        return await asyncio.to_thread(self._registry.versions, model)
+
+    async def version(self, model: str, version: int) -> ModelVersion:
+        return await asyncio.to_thread(self._registry.get, model, version)
+
+    async def deploy(self, model: str, version: int, *, actor: str, correlation_id: str) -> ModelVersion:
+        """Make a version production (a promotion or a rollback) and broadcast it to every server."""
+        deployed = await asyncio.to_thread(self._registry.deploy, model, version)
+        self.schemas.update(model, deployed.metadata)
+        await self._announcer.announce(deployed, correlation_id)
+        await self._audit("deploy", actor, correlation_id, model=model, version=version)
+        return deployed
+
+    async def artifact(self, model: str, version: int) -> tuple[ModelVersion, bytes]:
+        """A version and its archive's bytes."""
+        found = await self.version(model, version)
+        return found, await asyncio.to_thread(self._store.read, found.path)
+
+    # --- predictions ----------------------------------------------------------------------
+
+    async def features(self, model: str) -> list[str]:
+        """The production version's feature names; `NotFound` or `ModelNotReady` otherwise."""
+        return await self.schemas.features(model)
+
+    async def predict(self, model: str, body: Any, *, correlation_id: str) -> dict[str, Any]:
+        """Validate `{"instances": [...]}` against the model's features and predict; counted per model and outcome."""
+        started = time.perf_counter()
+        try:
+            rows = parse_instances(body, await self.schemas.features(model), self._settings.http.max_instances)
+        except SkipperError as exc:
+            self._count_failure(model, exc)
+            raise
+        return await self.predict_rows(model, rows, correlation_id=correlation_id, started=started)
+
+    async def predict_rows(self, model: str, rows: list[list[float]], *, correlation_id: str,
+                           started: float | None = None) -> dict[str, Any]:
+        """Predict already validated rows (in feature order): `{"predictions", "model", "model_version"}`."""
+        started = time.perf_counter() if started is None else started
+        try:
+            if self._coalescer is not None:
+                reply = await self._coalescer.predict(model, rows, correlation_id)
+            else:
+                reply = await self._request_rows(model, rows, correlation_id)
+        except SkipperError as exc:
+            self._count_failure(model, exc)
+            raise
+        PREDICTIONS.labels(model, "ok").inc()
+        PREDICT_SECONDS.labels(model).observe(time.perf_counter() - started)
+        return reply
+
+    def _count_failure(self, model: str, exc: SkipperError) -> None:
+        PREDICTIONS.labels(model if self.schemas.known(model) else OTHER_MODEL, exc.code).inc()
+
+    async def _request_rows(self, model: str, rows: list[list[float]], correlation_id: str) -> dict[str, Any]:
+        msg = Message(type=contracts.PREDICT_REQUEST, body={"model": model, "instances": rows},
+                      correlation_id=correlation_id)
+        reply = await self._bus.request(contracts.PREDICT, msg, timeout=self._settings.http.predict_timeout_s)
+        return reply.data
+
+    # --- audit ----------------------------------------------------------------------------
+
+    async def _audit(self, action: str, actor: str, correlation_id: str, **fields: Any) -> None:
+        """Record a state change with the name of the key that made it (never the key): `GET /events?kind=audit`.
+
+        Kept out of the task's own timeline (no `task_id` on the event; `task` among its fields).
+        """
+        await self._events.emit("audit", correlation_id=correlation_id, action=action, key=actor, **fields)
