@@ -23,7 +23,7 @@ class Runtime:
     def __init__(self, settings: Settings, roles: frozenset[str]) -> None:
         self.settings = settings
         self.roles = roles
-        self.container = Container(settings=settings)
+        self.container = Container(settings=settings, role=role_label(roles))
         self.bus = self.container.transport()
         self.modules: list[Module] = []
         if "api" in roles:

@@ -2,7 +2,9 @@
 
 Messages are passed by reference (no serialization on the hot path). Everything lives in
 this process, so "durable" means "until the process exits"; retries, dead letters,
-`NoConsumers` and `RequestTimeout` behave as on the brokers.
+`NoConsumers` and `RequestTimeout` behave as on the brokers. There is no connection to drop:
+a handler's outcome is applied as soon as it returns; a crash of the process loses what was
+queued (the tasks themselves are rows in the database).
 """
 
 from __future__ import annotations

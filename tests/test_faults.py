@@ -1,0 +1,158 @@
+"""Faults on real processes and the real brokers: what happens to accepted work and live traffic.
+
+Marked `faults` (and `multiprocess`): run them alone with `pytest -m faults`. Each drops only its
+own processes' connections (tests/drops.py), so other tests can share the brokers meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.drops import drop_rabbitmq, drop_redis, queue_counts, rabbitmq_connections, redis_clients, require_rabbitmqctl
+from tests.processes import Cluster, Role, eventually, http, postgres_schema
+from tests.services import RABBITMQ_URL, REDIS_URL, require_postgres, require_rabbitmq, require_redis
+
+pytestmark = [pytest.mark.faults, pytest.mark.multiprocess]
+
+BROKERS = {
+    "rabbitmq": ("rabbitmq", RABBITMQ_URL),
+    "dramatiq-rabbitmq": ("dramatiq", RABBITMQ_URL),
+    "dramatiq-redis": ("dramatiq", REDIS_URL),
+}
+# Long enough that the drops and the kill below land mid-training; no early stop.
+LONG_TRAINING = {"epochs": 150, "batch_size": 8, "early_stopping": None}
+
+
+class Faults:
+    """One deployment and the broker-side faults that hit only its own connections."""
+
+    def __init__(self, variant: str, cluster: Cluster) -> None:
+        self.variant = variant
+        self.cluster = cluster
+        self.namespace = cluster.env["SKIPPER_NAMESPACE"]
+        self.redis = variant == "dramatiq-redis"
+
+    def prefix(self, role: str) -> str:
+        return f"skipper:{self.namespace}:{role}:"
+
+    def connections(self, role: str) -> int:
+        return len(redis_clients(self.prefix(role)) if self.redis else rabbitmq_connections(self.prefix(role)))
+
+    def drop(self, role: str) -> None:
+        """Close every broker connection of `role`'s processes from the broker side, and see them come back."""
+        dropped = drop_redis(self.prefix(role)) if self.redis else drop_rabbitmq(self.prefix(role))
+        assert dropped > 0, f"no {role} connection to drop"
+        eventually(lambda: self.connections(role) > 0, timeout=30, interval=0.5, what=f"{role} reconnected")
+
+    def train_queue_holds_the_command(self) -> bool:
+        """RabbitMQ: the train command is back with the trainer, unacknowledged (not acked as a duplicate)."""
+        return queue_counts(f"{self.namespace}.train") == (0, 1)
+
+
+@pytest.fixture(params=sorted(BROKERS))
+def faults(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Faults]:
+    variant = request.param
+    transport, url = BROKERS[variant]
+    require_redis() if variant == "dramatiq-redis" else (require_rabbitmq(), require_rabbitmqctl())
+    require_postgres()
+    with postgres_schema() as database_url:
+        env = {"SKIPPER_TRANSPORT": transport, "SKIPPER_BROKER_URL": url, "SKIPPER_DATABASE_URL": database_url,
+               "SKIPPER_NAMESPACE": f"flt-{uuid.uuid4().hex[:10]}", "SKIPPER_LOG_LEVEL": "INFO",
+               "SKIPPER_BUS__RETRY_BACKOFF_S": "0.2", "SKIPPER_BUS__HEARTBEAT_S": "3",
+               "SKIPPER_HTTP__PREDICT_TIMEOUT_S": "3"}
+        cluster = Cluster(env=env, workdir=tmp_path)
+        try:
+            yield Faults(variant, cluster)
+        except BaseException:
+            print(cluster.logs())
+            raise
+        finally:
+            cluster.stop()
+
+
+def submit(api: Role, **params: Any) -> str:
+    status, body = http("POST", f"{api.url}/workflows/diabetes/train", {"params": params})
+    assert status == 202, body
+    return str(body["task_id"])
+
+
+def task(api: Role, task_id: str) -> dict[str, Any]:
+    return dict(http("GET", f"{api.url}/tasks/{task_id}")[1])
+
+
+def epoch_reached(api: Role, task_id: str, epoch: int) -> Callable[[], bool]:
+    return lambda: (task(api, task_id).get("progress") or {}).get("epoch", 0) >= epoch
+
+
+def finished(api: Role, task_id: str, timeout: float = 300) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        t = task(api, task_id)
+        return t if t["status"] in ("succeeded", "failed", "cancelled") else None
+
+    result: dict[str, Any] = eventually(done, timeout=timeout, interval=0.5, what=f"task {task_id} finished")
+    return result
+
+
+def assert_succeeded_exactly_once(api: Role, task_id: str) -> dict[str, Any]:
+    result = finished(api, task_id)
+    assert result["status"] == "succeeded", result
+    versions = http("GET", f"{api.url}/models/diabetes")[1]["versions"]
+    assert [v["task_id"] for v in versions] == [task_id], versions  # one version, from this task
+
+    def succeeded_events() -> list[str]:
+        return [e["task_id"] for e in http("GET", f"{api.url}/events?kind=task.succeeded&limit=1000")[1]["events"]]
+
+    eventually(succeeded_events, timeout=10, what="task.succeeded recorded")  # events reach the log asynchronously
+    assert succeeded_events() == [task_id]
+    return result
+
+
+def test_a_broker_drop_during_training_then_a_killed_trainer_loses_no_task(faults: Faults) -> None:
+    api = faults.cluster.start("api", "api")
+    trainer = faults.cluster.start("trainer", "trainer1")
+    task_id = submit(api, **LONG_TRAINING)
+    eventually(epoch_reached(api, task_id, 2), timeout=120, what="training under way")
+
+    # The broker drops the trainer's connections mid-training; it reconnects and trains on.
+    faults.drop("trainer")
+    if not faults.redis:
+        # The broker handed the command back to the trainer, which holds it unacknowledged
+        # while its run goes on (acking it as a duplicate is what used to lose the task).
+        eventually(faults.train_queue_holds_the_command, timeout=30, interval=0.5, what="command held by the trainer")
+    assert task(api, task_id)["status"] == "running"
+
+    # Then the trainer dies before the run ends, and a new one starts.
+    trainer.kill()
+    faults.cluster.start("trainer", "trainer2")
+
+    result = assert_succeeded_exactly_once(api, task_id)
+    assert result["attempts"] == 2  # the killed run, and the one that finished
+
+
+def test_two_broker_drops_during_one_training_still_end_succeeded(faults: Faults) -> None:
+    api = faults.cluster.start("api", "api")
+    faults.cluster.start("trainer", "trainer")
+    task_id = submit(api, **LONG_TRAINING)
+    eventually(epoch_reached(api, task_id, 2), timeout=120, what="training under way")
+
+    faults.drop("trainer")
+    if not faults.redis:
+        eventually(faults.train_queue_holds_the_command, timeout=30, interval=0.5, what="command held by the trainer")
+    epoch = int(task(api, task_id)["progress"]["epoch"])
+    eventually(epoch_reached(api, task_id, epoch + 2), timeout=60, what="training goes on after the first drop")
+    faults.drop("trainer")
+    if not faults.redis:
+        eventually(faults.train_queue_holds_the_command, timeout=30, interval=0.5, what="command held again")
+    assert task(api, task_id)["status"] == "running"
+
+    result = assert_succeeded_exactly_once(api, task_id)
+    assert result["attempts"] == 1  # a drop is not an attempt: the one run went on and finished
+    time.sleep(1)  # nothing left to run: the queue is empty once the run settled
+    if not faults.redis:
+        assert queue_counts(f"{faults.namespace}.train") == (0, 0)
