@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         runtime.app(), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
         lifespan="on", access_log=False, log_config=None, timeout_graceful_shutdown=30,
     )
-    # uvicorn handles SIGINT/SIGTERM: stop accepting, finish in-flight requests, run the lifespan shutdown.
-    server = uvicorn.Server(config)
+    # On SIGINT/SIGTERM the modules stop taking work at once (readiness false), then uvicorn stops
+    # accepting, finishes in-flight requests and runs the lifespan shutdown.
+    server = runtime.server(config)
     server.run()
     return 0 if server.started else 1
 

@@ -6,16 +6,21 @@ own processes' connections (tests/drops.py), so other tests can share the broker
 
 from __future__ import annotations
 
+import json
+import signal
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
+from http.client import HTTPConnection, HTTPException
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.drops import drop_rabbitmq, drop_redis, queue_counts, rabbitmq_connections, redis_clients, require_rabbitmqctl
-from tests.processes import Cluster, Role, eventually, http, postgres_schema
+from tests.processes import ROW, Cluster, Role, eventually, http, postgres_schema, train
 from tests.services import RABBITMQ_URL, REDIS_URL, require_postgres, require_rabbitmq, require_redis
 
 pytestmark = [pytest.mark.faults, pytest.mark.multiprocess]
@@ -156,3 +161,105 @@ def test_two_broker_drops_during_one_training_still_end_succeeded(faults: Faults
     time.sleep(1)  # nothing left to run: the queue is empty once the run settled
     if not faults.redis:
         assert queue_counts(f"{faults.namespace}.train") == (0, 0)
+
+
+class PredictLoad:
+    """`clients` threads predicting one row each in a loop against 127.0.0.1, bounded in count and time."""
+
+    def __init__(self, api: Role, *, clients: int = 16, max_requests: int = 200_000, max_seconds: float = 240) -> None:
+        self._api = api
+        self._clients = clients
+        self._left = max_requests
+        self._deadline = time.monotonic() + max_seconds
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.outcomes: Counter[str] = Counter()
+        self.failures: list[tuple[float, str]] = []  # (time, what) of every failed prediction
+
+    def start(self) -> None:
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self._clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    @property
+    def ok(self) -> int:
+        return self.outcomes["200"]
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._stop.is_set() or self._left <= 0 or time.monotonic() > self._deadline:
+                return False
+            self._left -= 1
+            return True
+
+    def _run(self) -> None:
+        body = json.dumps({"instances": [ROW]})
+        path = "/api/v1/skipper/models/diabetes/predict"
+        conn: HTTPConnection | None = None
+        while self._take():
+            try:
+                conn = conn or HTTPConnection("127.0.0.1", self._api.port, timeout=30)
+                conn.request("POST", path, body, {"content-type": "application/json"})
+                response = conn.getresponse()
+                raw = response.read()
+                outcome = str(response.status)
+                detail = "" if response.status == 200 else raw.decode(errors="replace")[:200]
+            except (OSError, HTTPException) as exc:
+                outcome, detail = "error", repr(exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+            with self._lock:
+                self.outcomes[outcome] += 1
+                if outcome != "200":
+                    self.failures.append((time.monotonic(), f"{outcome} {detail}"))
+        if conn is not None:
+            conn.close()
+
+
+def restart(cluster: Cluster, server: Role, name: str) -> tuple[Role, float, float]:
+    """SIGTERM `server`, wait for it to leave, start a new one; (it, seconds to leave, seconds to be ready)."""
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    # uvicorn re-raises the signal once it has shut down cleanly, hence -SIGTERM
+    assert server.proc.wait(timeout=60) in (0, -signal.SIGTERM), server.tail()
+    assert "Application shutdown complete" in server.log.read_text(), server.tail()
+    left = time.monotonic() - started
+    started = time.monotonic()
+    replacement = cluster.start("server", name)
+    eventually(lambda: replacement.models() == {"diabetes": 1}, timeout=120, what=f"{name} ready with diabetes v1")
+    return replacement, left, time.monotonic() - started
+
+
+def test_a_rolling_restart_of_two_servers_under_load_fails_no_prediction(faults: Faults) -> None:
+    cluster = faults.cluster
+    api = cluster.start("api", "api")
+    cluster.start("trainer", "trainer")
+    servers = [cluster.start("server", "server1"), cluster.start("server", "server2")]
+    assert train(api, epochs=2)["status"] == "succeeded"
+    eventually(lambda: all(s.models() == {"diabetes": 1} for s in servers), what="both servers serve v1")
+
+    load = PredictLoad(api)
+    load.start()
+    try:
+        eventually(lambda: load.ok >= 200, timeout=60, what="predictions flowing")
+        timings = []
+        for i, server in enumerate(servers):
+            replacement, left, ready = restart(cluster, server, f"server{i + 1}-restarted")
+            timings.append((left, ready))
+            target = load.ok + 200
+            eventually(lambda t=target: load.ok >= t, timeout=60, what="predictions flowing after the restart")
+            servers[i] = replacement
+    finally:
+        load.stop()
+    print(f"\n[{faults.variant}] rolling restart under {load._clients} clients: {sum(load.outcomes.values())} "
+          f"predictions, outcomes {dict(load.outcomes)}; per server (s to leave, s to be ready): {timings}")
+    assert load.failures == [], load.failures[:10]
+    served = 'skipper_served_predictions_total{model="diabetes"}'
+    assert all(s.metric(served) > 0 for s in servers), "both restarted servers took requests"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from skipper.core import contracts
-from skipper.core.errors import ModelNotReady, ValidationFailed
+from skipper.core.errors import ModelNotReady, NoConsumers, ValidationFailed
 from skipper.core.events import EventEmitter
 from skipper.core.messages import Message
 from skipper.modules.serving import ServingModule
@@ -46,7 +46,7 @@ class Harness:
 
     async def predict(self, instances: list[Any], model: str = "diabetes") -> dict[str, Any]:
         msg = Message(type=contracts.PREDICT_REQUEST, body={"model": model, "instances": instances})
-        return (await self.bus.request(contracts.PREDICT, msg, timeout=10)).data
+        return (await self.bus.request(contracts.predict_queue(model), msg, timeout=10)).data
 
     async def publish(self, body: bytes | dict[str, Any], **fields: Any) -> None:
         await self.bus.publish(contracts.MODEL_PUBLISHED, Message(type="model.published", body=body, headers=fields))
@@ -278,10 +278,39 @@ async def test_invalid_instances_are_refused_naming_the_row(make: Make, instance
     assert caught.value.details["field"] == field
 
 
-async def test_an_unknown_model_is_not_ready(make: Make) -> None:
-    harness = await serving(make)
-    with pytest.raises(ModelNotReady, match="no version of model 'nope' is loaded"):
+async def test_a_server_takes_predict_requests_only_for_the_models_it_holds(make: Make) -> None:
+    # Given a server that has not loaded anything yet (its registry is slow to answer)
+    registry = FakeRegistry()
+    registry.deploy(built(1), version=1, seq=1)
+    registry.gate.clear()
+    harness = await make(registry=registry)
+    await eventually(lambda: registry.production_requests == 1)
+    # Then nobody takes requests for diabetes: a peer holding it would get them all
+    with pytest.raises(NoConsumers):
+        await harness.predict(rows(1))
+    # And once it holds a version, it takes them
+    registry.gate.set()
+    await eventually(harness.module.ready)
+    assert (await harness.predict(rows(1)))["model_version"] == 1
+    # A model it never loaded still has no consumer here
+    with pytest.raises(NoConsumers):
         await harness.predict(rows(1), model="nope")
+    # and a request for it that reached this server anyway is refused, not guessed at
+    with pytest.raises(ModelNotReady, match="no version of model 'nope' is loaded"):
+        await harness.module.on_predict(Message(type=contracts.PREDICT_REQUEST, body={"model": "nope", "instances": rows(1)}))
+
+
+async def test_on_shutdown_a_server_turns_unready_and_stops_taking_requests_but_answers_those_it_took(make: Make) -> None:
+    harness = await serving(make)
+    before = await harness.predict(rows(1))
+    started = asyncio.create_task(harness.predict(rows(3)))
+    await asyncio.sleep(0)  # the request is in the server's batcher when shutdown begins
+    await harness.module.drain()
+    assert not harness.module.ready()
+    with pytest.raises(NoConsumers):
+        await harness.predict(rows(1))
+    assert (await started)["predictions"] == pytest.approx(built(1).expected(rows(3)), rel=1e-5, abs=1e-5)
+    assert before["model_version"] == 1
 
 
 async def test_the_package_does_not_import_tensorflow() -> None:

@@ -103,6 +103,22 @@ class Transport(ABC):
         """Register a competing consumer for `queue` (before or after `start`)."""
 
     @abstractmethod
+    async def attach(self, queue: str, handler: Handler, *, prefetch: int | None = None) -> None:
+        """Start consuming `queue` now (the transport may be running); returns once the broker has the consumer.
+
+        The consumer is kept across reconnects like one from `consume`. Raises `Unavailable` when
+        the broker cannot be reached now: the consumer then starts on the next (re)connection.
+        """
+
+    @abstractmethod
+    async def detach(self, queue: str) -> None:
+        """Stop taking new messages from `queue`; handlers already running finish and acknowledge.
+
+        Messages this process took but had not started go back to the queue for other consumers.
+        A detached queue stays detached for the life of the transport.
+        """
+
+    @abstractmethod
     async def request(self, queue: str, msg: Message, *, timeout: float) -> Message:
         """Send `msg` to `queue` and wait for the reply.
 

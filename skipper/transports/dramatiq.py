@@ -77,7 +77,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, q_name, xq_name
 from dramatiq.encoder import Encoder, JSONEncoder
-from dramatiq.errors import BrokerConnectionError, BrokerError
+from dramatiq.errors import BrokerConnectionError, BrokerError, ConnectionClosed
 from dramatiq.middleware import AgeLimit, CurrentMessage, Middleware, Retries, SkipMessage, TimeLimit
 
 from skipper.core import contracts
@@ -383,11 +383,37 @@ class _FreshRequeueConsumer(_RabbitmqConsumer):
     the stale tag would ack whichever new delivery has that number (a message never handled).
     """
 
+    def __init__(self, broker: Any, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
+        self._idle_s = timeout / 1000
+        self._cancelled = False
+
     def __next__(self) -> Any:
+        detached = self.broker.detached.get(q_name(self.queue_name))
+        if detached is not None:
+            return self._idle_detached(detached)
         message = super().__next__()  # type: ignore[no-untyped-call]
+        # The first call sent basic.consume and had it confirmed: the broker now delivers here.
+        self.broker.consuming.setdefault(q_name(self.queue_name), threading.Event()).set()
         if message is not None:
             message.skipper_consumer = self
         return message
+
+    def _idle_detached(self, detached: threading.Event) -> None:
+        """Consume nothing more, but keep the connection serving acks and heartbeats (this thread owns it)."""
+        if not self._cancelled:
+            self._cancelled = True
+            try:
+                # basic.cancel; what the broker sent that was not yet handed out goes back to the queue.
+                self.channel.cancel()
+            except (pika.exceptions.AMQPError, AssertionError) as exc:
+                raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]  # the channel is gone
+            detached.set()
+        try:
+            self.connection.process_data_events(time_limit=self._idle_s)
+        except (pika.exceptions.AMQPError, AssertionError) as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+        return None
 
     def _stale(self, message: Any) -> bool:
         """Delivered on a channel since closed: its tag means nothing (or another message) here."""
@@ -424,6 +450,11 @@ class _FreshRequeueConsumer(_RabbitmqConsumer):
 
 
 class _RabbitmqBroker(RabbitmqBroker):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.detached: dict[str, threading.Event] = {}  # queue -> set once its consumer has cancelled
+        self.consuming: dict[str, threading.Event] = {}  # queue -> set once this process's consumer is registered
+
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
         return _FreshRequeueConsumer
@@ -637,6 +668,32 @@ class DramatiqTransport(Transport):
         if self._started and self._closing is None:
             self._ensure_worker().watch(name)
             self._spawn(self._side.consumers_attached([name], wait=False))
+
+    async def attach(self, queue: str, handler: Handler, *, prefetch: int | None = None) -> None:
+        name = self.qualified(queue)
+        if isinstance(self.broker, _RabbitmqBroker):
+            consuming = self.broker.consuming.setdefault(name, threading.Event())
+        self.consume(queue, handler, prefetch=prefetch)
+        if not self._started or self._closing is not None:
+            return
+        if isinstance(self.broker, _RabbitmqBroker):
+            # This process's own consumer, not just any: a peer consuming the queue proves nothing.
+            if not await asyncio.to_thread(consuming.wait, _CONNECT_TIMEOUT_S):
+                raise Unavailable(f"the consumer of {name} did not start within {_CONNECT_TIMEOUT_S:g}s")
+        else:
+            await self._side.consumers_attached([name])
+
+    async def detach(self, queue: str) -> None:
+        name = self.qualified(queue)
+        await self._side.withdraw_queue(name)  # Redis: requests see no consumer here from now on
+        if isinstance(self.broker, _RabbitmqBroker):
+            cancelled = self.broker.detached.setdefault(name, threading.Event())
+            # The queue's consumer thread cancels its consumer at its next poll.
+            running = self._worker is not None and name in self._worker.consumers
+            if running and not await asyncio.to_thread(cancelled.wait, _CONNECT_TIMEOUT_S):
+                log.warning("the consumer of %s did not cancel within %.0fs", name, _CONNECT_TIMEOUT_S)
+        # On Redis, Dramatiq's consumer keeps polling and serves what was already enqueued here;
+        # what it prefetched but did not start goes back to the queue when the worker stops.
 
     def dramatiq_message(self, queue: str, msg: Message, **options: Any) -> dramatiq.Message[Any]:
         """The Dramatiq message carrying `msg` to the actor of `queue`."""
@@ -882,6 +939,9 @@ class _AmqpSide:
     async def withdraw(self) -> None:
         """Nothing to do: RabbitMQ drops a consumer from `consumer_count` when its channel closes."""
 
+    async def withdraw_queue(self, queue: str) -> None:
+        """Nothing to do: RabbitMQ drops a consumer from `consumer_count` when it is cancelled."""
+
     async def consumers_attached(self, queues: list[str], *, wait: bool = True) -> None:
         """Wait until the broker counts a consumer on each queue (Dramatiq attaches them in threads)."""
         if not wait:
@@ -1095,6 +1155,12 @@ class _RedisSide:
             await self._client.aclose()
         except (redis.RedisError, OSError):
             log.debug("closing the Redis side channel failed", exc_info=True)
+
+    async def withdraw_queue(self, queue: str) -> None:
+        if queue in self._queues and self._pubsub is not None:
+            self._queues.discard(queue)
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self._pubsub.unsubscribe(self._presence_channel(queue))
 
     async def withdraw(self) -> None:
         queues, self._queues = self._queues, set()

@@ -518,6 +518,38 @@ class RabbitMQTransport(Transport):
         if link is not None and link.is_open:
             self._spawn(self._start_late(link, self._start_consumer, consumer))
 
+    async def attach(self, queue: str, handler: Handler, *, prefetch: int | None = None) -> None:
+        if self._closing:
+            raise Unavailable("the transport is closed", details={"transport": "rabbitmq"})
+        consumer = _Consumer(queue, handler, max(1, min(prefetch or self.options.prefetch, 65535)))
+        self._consumers.append(consumer)
+        if not self._started:
+            return  # starts with the others
+        link = self._require_link()  # if not, it starts on the reconnection
+        try:
+            await self._start_consumer(link, consumer)
+        except Exception:
+            if link.is_open and self._link is link:
+                link.abort()  # a consumer half set up: rebuild the link, which starts it afresh
+            raise
+
+    async def detach(self, queue: str) -> None:
+        gone = [c for c in self._consumers if c.queue == queue]
+        self._consumers = [c for c in self._consumers if c.queue != queue]
+        for consumer in gone:
+            channel, tag = consumer.channel, consumer.tag
+            if channel is None or tag is None or not channel.is_open:
+                continue
+            # Deliveries already here are tasks in flight: they finish and ack on this channel,
+            # which then closes (closing it first would requeue them, flagged redelivered).
+            await self._cancel_consumer(channel, tag)
+            self._spawn(self._close_when_idle(channel))
+
+    async def _close_when_idle(self, channel: _Channel) -> None:
+        # Every delivery of this channel arrived before its cancel-ok: its task is in this snapshot.
+        await asyncio.gather(*list(self._inflight), return_exceptions=True)
+        channel.close()
+
     async def request(self, queue: str, msg: Message, *, timeout: float) -> Message:
         link = self._require_link()
         name = self.qualified(queue)

@@ -86,16 +86,26 @@ class ServingModule(Module):
         self._catch_up_task: asyncio.Task[None] | None = None
         self._catch_up_again = False
         self._background: set[asyncio.Task[None]] = set()
+        self._attached: set[str] = set()  # models whose predict queue this server consumes
         self._ready = False
+        self._draining = False
 
     # --- Module ----------------------------------------------------------------------------
 
     def register(self, bus: Transport) -> None:
-        serving = self._settings.serving
         bus.subscribe(contracts.MODEL_PUBLISHED, self.on_published)
-        # Many requests in flight at once is what lets the batcher merge them.
-        bus.consume(contracts.PREDICT, self.on_predict, prefetch=max(self._settings.bus.prefetch, 2 * serving.max_batch_size))
         bus.on_connected(self.catch_up)
+        # No predict consumer yet: each model's queue is consumed once a version of it is loaded.
+
+    async def drain(self) -> None:
+        """Shutdown began: not ready, and no new predict requests (those taken are answered before the bus closes)."""
+        self._draining = True
+        for model in sorted(self._attached):
+            try:
+                await self._bus.detach(contracts.predict_queue(model))
+            except Exception:
+                log.warning("could not stop consuming predict requests for %s", model, exc_info=True)
+        self._attached.clear()
 
     async def stop(self) -> None:
         for task in [self._catch_up_task, *self._background]:
@@ -107,7 +117,7 @@ class ServingModule(Module):
             await asyncio.to_thread(store.remove, loaded.directory)
 
     def ready(self) -> bool:
-        return self._ready
+        return self._ready and not self._draining
 
     def readiness(self) -> dict[str, Any]:
         return {"models": {name: loaded.version for name, loaded in self._models.items()}}
@@ -191,6 +201,7 @@ class ServingModule(Module):
                 await self._rejected(release.model, release.version, release.sha256, exc, correlation_id)
                 raise
             inline = self._swap(release, prepared)
+        await self._serve_requests_for(release.model)
         took_ms = round((time.perf_counter() - started) * 1000, 1)
         log.info("installed %s v%d (seq %d) in %.0f ms %s; full batch %.2f ms, run %s", release.model,
                  release.version, release.seq, took_ms, prepared.timings, prepared.batch_ms,
@@ -212,6 +223,19 @@ class ServingModule(Module):
         if old is not None:
             self._spawn(self._retire(old))
         return inline
+
+    async def _serve_requests_for(self, model: str) -> None:
+        """Consume the model's predict queue from now on (once per model): only servers holding it take its requests."""
+        if model in self._attached or self._draining:
+            return
+        self._attached.add(model)
+        serving = self._settings.serving
+        # Many requests in flight at once is what lets the batcher merge them.
+        prefetch = max(self._settings.bus.prefetch, 2 * serving.max_batch_size)
+        try:
+            await self._bus.attach(contracts.predict_queue(model), self.on_predict, prefetch=prefetch)
+        except SkipperError as exc:  # registered all the same: it starts when the broker is back
+            log.warning("predict requests for %s will be taken once the broker is back: %s", model, exc)
 
     async def _retire(self, old: Loaded) -> None:
         await old.batcher.drained()
