@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from skipper.core.db import Database
+from skipper.core.repositories import ModelRegistry
 from tests.drops import drop_rabbitmq, drop_redis, queue_counts, rabbitmq_connections, redis_clients, require_rabbitmqctl
 from tests.processes import ROW, Cluster, Role, eventually, http, postgres_schema, train
 from tests.services import RABBITMQ_URL, REDIS_URL, require_postgres, require_rabbitmq, require_redis
@@ -263,3 +265,28 @@ def test_a_rolling_restart_of_two_servers_under_load_fails_no_prediction(faults:
     assert load.failures == [], load.failures[:10]
     served = 'skipper_served_predictions_total{model="diabetes"}'
     assert all(s.metric(served) > 0 for s in servers), "both restarted servers took requests"
+
+
+@pytest.mark.parametrize("faults", ["rabbitmq"], indirect=True)
+def test_a_server_that_missed_an_announcement_converges_without_a_reconnect(faults: Faults) -> None:
+    cluster = faults.cluster
+    api = cluster.start("api", "api")
+    cluster.start("trainer", "trainer")
+    server = cluster.start("server", "server", extra_env={"SKIPPER_SERVING__RESYNC_S": "1"})
+    assert train(api, epochs=1)["status"] == "succeeded"
+    assert train(api, epochs=1)["status"] == "succeeded"
+    eventually(lambda: server.models() == {"diabetes": 2}, what="server serves v2")
+    connections = rabbitmq_connections(faults.prefix("server"))
+
+    # A rollback recorded in the registry whose announcement is lost (it is never published)
+    database = Database(cluster.env["SKIPPER_DATABASE_URL"])
+    try:
+        ModelRegistry(database).deploy("diabetes", 1)
+    finally:
+        database.dispose()
+
+    # The server finds it at its next re-check, on the same connections (no reconnect healed it)
+    eventually(lambda: server.models() == {"diabetes": 1}, timeout=20, what="server converged on v1")
+    assert rabbitmq_connections(faults.prefix("server")) == connections
+    status, body = http("POST", f"{api.url}/models/diabetes/predict", {"instances": [ROW]})
+    assert status == 200 and body["model_version"] == 1, body

@@ -139,6 +139,48 @@ async def test_a_reconnection_catches_up_on_what_was_published_meanwhile(make: M
     await eventually(lambda: harness.version() == 2)
 
 
+# --- self-healing ---------------------------------------------------------------------------
+
+
+async def test_a_missed_announcement_heals_at_the_next_resync_without_a_reconnect(make: Make) -> None:
+    # Given a server serving version 1 that re-checks the registry every 0.3 s
+    harness = await serving(make, resync_s=0.3)
+    checks = harness.registry.production_requests
+    # When version 2 is deployed and its announcement never reaches the server
+    harness.registry.deploy(built(2), version=2, seq=2)
+    # Then the server installs it by itself, at its next re-check
+    await eventually(lambda: harness.version() == 2, timeout=10)
+    assert harness.registry.production_requests > checks
+    assert (await harness.predict(rows(1)))["model_version"] == 2
+
+
+async def test_an_install_that_failed_for_want_of_the_registry_is_retried_until_it_answers(make: Make) -> None:
+    # Given a server that would re-check only in an hour, and version 2 announced by reference
+    # while the registry cannot hand out its bytes
+    harness = await serving(make, resync_s=3600)
+    harness.registry.deploy(built(2), version=2, seq=2)
+    del harness.registry.artifacts[("diabetes", 2)]
+    fetches = harness.registry.artifact_requests
+    await harness.publish({"ref": True}, **headers(built(2), version=2, seq=2))
+    await eventually(lambda: harness.registry.artifact_requests >= fetches + 3)  # the fetch, then retries
+    assert harness.version() == 1  # still serving the old one meanwhile
+    # When the registry can serve the bytes again
+    harness.registry.artifacts[("diabetes", 2)] = built(2).data
+    # Then the server converges without waiting for its next periodic re-check
+    await eventually(lambda: harness.version() == 2, timeout=10)
+
+
+async def test_a_rejected_version_is_not_retried_by_the_periodic_re_check(make: Make) -> None:
+    harness = await serving(make, resync_s=0.1)
+    bad = headers(built(2), version=2, seq=2, sha256="f" * 64)
+    harness.registry.production = [bad]  # the registry announces a version whose bytes do not match
+    harness.registry.artifacts[("diabetes", 2)] = built(2).data
+    checks = harness.registry.production_requests
+    await eventually(lambda: harness.registry.production_requests >= checks + 5)
+    assert harness.version() == 1
+    assert [e["version"] for e in harness.events.kinds("model.rejected")] == [2]  # reported once, not every re-check
+
+
 # --- fanout ---------------------------------------------------------------------------------
 
 

@@ -63,6 +63,7 @@ class ServingSettings(_Section):
     max_member_bytes: int = Field(512 * 1024 * 1024, ge=1)
     jit_compile: bool = False
     catch_up_timeout_s: float = Field(30.0, gt=0)
+    resync_s: float = Field(30.0, gt=0)  # how often a server re-checks the registry's production versions
 
 
 class EarlyStopping(_Section):

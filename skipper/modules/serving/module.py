@@ -85,6 +85,8 @@ class ServingModule(Module):
         self._locks: dict[str, asyncio.Lock] = {}
         self._catch_up_task: asyncio.Task[None] | None = None
         self._catch_up_again = False
+        self._resync_task: asyncio.Task[None] | None = None
+        self._refused: set[tuple[str, str, int]] = set()  # (model, sha256, seq) installs rejected: not retried
         self._background: set[asyncio.Task[None]] = set()
         self._attached: set[str] = set()  # models whose predict queue this server consumes
         self._ready = False
@@ -100,6 +102,8 @@ class ServingModule(Module):
     async def drain(self) -> None:
         """Shutdown began: not ready, and no new predict requests (those taken are answered before the bus closes)."""
         self._draining = True
+        if self._resync_task is not None:
+            self._resync_task.cancel()
         for model in sorted(self._attached):
             try:
                 await self._bus.detach(contracts.predict_queue(model))
@@ -108,10 +112,10 @@ class ServingModule(Module):
         self._attached.clear()
 
     async def stop(self) -> None:
-        for task in [self._catch_up_task, *self._background]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*[t for t in [self._catch_up_task, *self._background] if t], return_exceptions=True)
+        tasks = [t for t in [self._resync_task, self._catch_up_task, *self._background] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for loaded in self._models.values():
             await loaded.batcher.drained()
             await asyncio.to_thread(store.remove, loaded.directory)
@@ -169,9 +173,10 @@ class ServingModule(Module):
             await self.install(release, data, correlation_id=msg.correlation_id)
         except ArtifactRejected:
             pass  # reported by install; the old version keeps serving
-        except SkipperError as exc:  # registry unreachable for the bytes: the next catch-up installs it
-            log.warning("could not fetch %s v%d: %s", release.model, release.version, exc,
-                        extra={"correlation_id": msg.correlation_id})
+        except SkipperError as exc:  # registry unreachable for the bytes: catch up (with backoff) until it answers
+            log.warning("could not fetch %s v%d (%s); catching up with the registry", release.model, release.version,
+                        exc, extra={"correlation_id": msg.correlation_id})
+            await self.catch_up()
 
     async def install(self, release: Release, data: bytes | None = None, *, correlation_id: str | None = None) -> bool:
         """Install `release` (fetching its bytes when `data` is None); False when not newer.
@@ -185,6 +190,9 @@ class ServingModule(Module):
                 log.info("ignoring %s v%d (seq %d): serving v%d (seq %d)", release.model, release.version,
                          release.seq, current.version, current.release.seq, extra={"correlation_id": correlation_id})
                 return False
+            refused = (release.model, release.sha256, release.seq)
+            if refused in self._refused:
+                return False  # rejected before (and reported): a periodic re-check must not retry it
             started = time.perf_counter()
             try:
                 if release.size > self._settings.serving.max_artifact_bytes:
@@ -198,6 +206,7 @@ class ServingModule(Module):
                     seq=release.seq, settings=self._settings, factory=factory,
                 )
             except ArtifactRejected as exc:
+                self._refused.add(refused)
                 await self._rejected(release.model, release.version, release.sha256, exc, correlation_id)
                 raise
             inline = self._swap(release, prepared)
@@ -261,11 +270,25 @@ class ServingModule(Module):
     # --- catch-up ------------------------------------------------------------------------
 
     async def catch_up(self) -> None:
-        """Connection listener: reconcile with the registry in the background (never blocks start)."""
+        """Reconcile with the registry in the background (never blocks start).
+
+        Runs on every (re)connection, after an install that failed for want of the registry, and
+        every `serving.resync_s`: a missed or failed announcement heals without a reconnect.
+        """
+        if self._draining:
+            return
+        if self._resync_task is None:
+            self._resync_task = asyncio.create_task(self._resync_loop(), name="skipper.serving.resync")
         if self._catch_up_task is not None and not self._catch_up_task.done():
             self._catch_up_again = True  # reconnected mid catch-up: go round once more
             return
         self._catch_up_task = asyncio.create_task(self._catch_up_loop(), name="skipper.serving.catch_up")
+
+    async def _resync_loop(self) -> None:
+        while not self._draining:
+            await asyncio.sleep(self._settings.serving.resync_s)
+            if self._catch_up_task is None or self._catch_up_task.done():  # one already running covers it
+                await self.catch_up()
 
     async def _catch_up_loop(self) -> None:
         attempt = 0
