@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +181,43 @@ async def test_a_rejected_version_is_not_retried_by_the_periodic_re_check(make: 
     await eventually(lambda: harness.registry.production_requests >= checks + 5)
     assert harness.version() == 1
     assert [e["version"] for e in harness.events.kinds("model.rejected")] == [2]  # reported once, not every re-check
+
+
+# --- memory guard -----------------------------------------------------------------------------
+
+
+async def test_a_version_too_big_for_the_memory_budget_is_refused_and_the_old_one_keeps_serving(make: Make) -> None:
+    # Given a server with a 300 MiB budget for models, serving version 1 (a few KiB)
+    harness = await serving(make, memory_budget_mb=300)
+    fetches = harness.registry.artifact_requests
+    # When version 2 is announced with 50M parameters (200 MiB of float32 weights: ~1.5 GiB to load)
+    big = {**headers(built(2), version=2, seq=2), "metadata": {**built(2).metadata, "parameters": 50_000_000}}
+    harness.registry.artifacts[("diabetes", 2)] = built(2).data
+    await harness.publish({"ref": True}, **big)
+    # Then it is refused with the reason, before its bytes were fetched
+    await eventually(lambda: bool(harness.events.kinds("model.rejected")))
+    rejected = harness.events.kinds("model.rejected")[0]
+    assert rejected["version"] == 2
+    assert "MiB to load" in rejected["reason"] and "the memory budget is 300 MiB" in rejected["reason"]
+    assert harness.registry.artifact_requests == fetches
+    # And version 1 keeps serving
+    assert harness.version() == 1
+    assert (await harness.predict(rows(2)))["model_version"] == 1
+    # While a version that fits is installed as usual
+    await harness.publish(built(3).data, **headers(built(3), version=3, seq=3))
+    await eventually(lambda: harness.version() == 3)
+
+
+async def test_a_swapped_out_version_is_released_once_its_requests_are_answered(make: Make) -> None:
+    harness = await serving(make)
+    loaded = harness.module.loaded("diabetes")
+    assert loaded is not None
+    old_predictor, old_model = weakref.ref(loaded.predictor), weakref.ref(loaded.predictor._model)  # type: ignore[attr-defined]
+    del loaded
+    await harness.publish(built(2).data, **headers(built(2), version=2, seq=2))
+    await eventually(lambda: harness.version() == 2)
+    # Nothing keeps the old version alive: its predictor and its Keras model are collected.
+    await eventually(lambda: gc.collect() >= 0 and old_predictor() is None and old_model() is None, timeout=10)
 
 
 # --- fanout ---------------------------------------------------------------------------------

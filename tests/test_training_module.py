@@ -296,6 +296,9 @@ async def test_a_diabetes_command_reports_each_epoch_then_sends_a_verified_artif
         assert metadata["kind"] == "regression" and metadata["classes"] is None and metadata["task_id"] == "task-1"
         assert {"rmse", "mae"} <= set(metadata["metrics"]) and metadata["metrics"]["rmse"] > 0
         assert metadata["params"]["epochs"] == 3
+        # What servers size their memory by: the parameter count and the model file's size
+        assert metadata["parameters"] == load_model(archive, tmp_path).count_params() > 0
+        assert metadata["model_bytes"] == len(files[artifacts.MODEL_FILE])
         assert {"tensorflow", "keras", "numpy", "scikit-learn", "python", "skipper"} <= set(metadata["library_versions"])
         assert "version" not in metadata
 

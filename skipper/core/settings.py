@@ -64,6 +64,11 @@ class ServingSettings(_Section):
     jit_compile: bool = False
     catch_up_timeout_s: float = Field(30.0, gt=0)
     resync_s: float = Field(30.0, gt=0)  # how often a server re-checks the registry's production versions
+    # The memory guard (see skipper/modules/serving/memory.py): models held plus the one loading
+    # must fit the budget; unset, it is the memory limit (given, else the cgroup's) minus headroom.
+    memory_budget_mb: float | None = Field(None, gt=0)
+    memory_limit_mb: float | None = Field(None, gt=0)
+    memory_headroom_mb: float = Field(768.0, ge=0)
 
 
 class EarlyStopping(_Section):

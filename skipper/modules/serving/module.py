@@ -20,42 +20,14 @@ from skipper.core.module import Module
 from skipper.core.settings import Settings
 from skipper.modules.serving import store
 from skipper.modules.serving.batching import Batcher, rows_from_instances
+from skipper.modules.serving.memory import Footprint, MemoryGuard, footprint
 from skipper.modules.serving.predictor import Predictor, resolve_predictor
+from skipper.modules.serving.release import Release, supersedes
 
 log = logging.getLogger("skipper.serving")
 
 SERVED = Counter("skipper_served_predictions_total", "Predict requests this server answered", ["model"])
 SERVED_VERSION = Gauge("skipper_served_model_version", "The model version this server serves", ["model"])
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """One version of a model as the registry announces it (`model.published` headers)."""
-
-    model: str
-    version: int
-    sha256: str
-    size: int
-    seq: int
-    metadata: dict[str, Any]
-
-    @classmethod
-    def parse(cls, fields: dict[str, Any]) -> Release:
-        """Validate an announcement; anything malformed is an `ArtifactRejected`."""
-        try:
-            release = cls(
-                model=store.check_model_name(fields["model"]),
-                version=_int(fields["version"]),
-                sha256=str(fields["sha256"]).lower(),
-                size=_int(fields.get("size", 0)),
-                seq=_int(fields["seq"]),
-                metadata=dict(fields.get("metadata") or {}),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactRejected(f"malformed model announcement: {exc!r}") from None
-        if len(release.sha256) != 64 or any(c not in "0123456789abcdef" for c in release.sha256):
-            raise ArtifactRejected(f"malformed sha256 {release.sha256!r}")
-        return release
 
 
 @dataclass(slots=True)
@@ -66,6 +38,7 @@ class Loaded:
     predictor: Predictor
     batcher: Batcher
     directory: Path
+    footprint: Footprint
 
     @property
     def version(self) -> int:
@@ -82,6 +55,9 @@ class ServingModule(Module):
         self._bus = bus
         self._events = events
         self._models: dict[str, Loaded] = {}
+        self._retiring: list[Loaded] = []  # swapped out, finishing their requests: still in memory
+        self._loading: dict[str, Footprint] = {}  # model -> the version being loaded now
+        self._guard = MemoryGuard.from_settings(settings.serving)
         self._locks: dict[str, asyncio.Lock] = {}
         self._catch_up_task: asyncio.Task[None] | None = None
         self._catch_up_again = False
@@ -186,7 +162,7 @@ class ServingModule(Module):
         """
         async with self._locks.setdefault(release.model, asyncio.Lock()):
             current = self._models.get(release.model)
-            if current is not None and not _supersedes(release, current.release):
+            if current is not None and not supersedes(release, current.release):
                 log.info("ignoring %s v%d (seq %d): serving v%d (seq %d)", release.model, release.version,
                          release.seq, current.version, current.release.seq, extra={"correlation_id": correlation_id})
                 return False
@@ -194,10 +170,15 @@ class ServingModule(Module):
             if refused in self._refused:
                 return False  # rejected before (and reported): a periodic re-check must not retry it
             started = time.perf_counter()
+            needs = footprint(release.metadata, release.size)
             try:
                 if release.size > self._settings.serving.max_artifact_bytes:
                     raise ArtifactRejected(f"artifact is {release.size} bytes, over the limit",
                                            details={"limit": self._settings.serving.max_artifact_bytes})
+                # Before fetching: a version that cannot fit is refused without moving its bytes.
+                self._guard.check(release.model, release.version, needs, held=self._held(),
+                                  loading=list(self._loading.values()))
+                self._loading[release.model] = needs
                 if data is None:
                     data = await self._fetch(release, correlation_id)
                 factory = resolve_predictor(self._settings, release.model)
@@ -209,7 +190,10 @@ class ServingModule(Module):
                 self._refused.add(refused)
                 await self._rejected(release.model, release.version, release.sha256, exc, correlation_id)
                 raise
-            inline = self._swap(release, prepared)
+            finally:
+                self._loading.pop(release.model, None)
+                data = None  # the archive's bytes are not needed once extracted and loaded
+            inline = self._swap(release, prepared, needs)
         await self._serve_requests_for(release.model)
         took_ms = round((time.perf_counter() - started) * 1000, 1)
         log.info("installed %s v%d (seq %d) in %.0f ms %s; full batch %.2f ms, run %s", release.model,
@@ -219,7 +203,10 @@ class ServingModule(Module):
                                  version=release.version, sha256=release.sha256, took_ms=took_ms)
         return True
 
-    def _swap(self, release: Release, prepared: store.Prepared) -> bool:
+    def _held(self) -> list[Footprint]:
+        return [loaded.footprint for loaded in (*self._models.values(), *self._retiring)]
+
+    def _swap(self, release: Release, prepared: store.Prepared, needs: Footprint) -> bool:
         serving = self._settings.serving
         inline = prepared.batch_ms <= store.INLINE_BUDGET_MS
         batcher = Batcher(prepared.predictor.predict, max_rows=serving.max_batch_size,
@@ -227,9 +214,10 @@ class ServingModule(Module):
         old = self._models.get(release.model)
         # The swap: one reference assignment on the loop. Requests that already looked up
         # `old` finish on it; every later lookup sees the new version.
-        self._models[release.model] = Loaded(release, prepared.predictor, batcher, prepared.directory)
+        self._models[release.model] = Loaded(release, prepared.predictor, batcher, prepared.directory, needs)
         SERVED_VERSION.labels(release.model).set(release.version)
         if old is not None:
+            self._retiring.append(old)
             self._spawn(self._retire(old))
         return inline
 
@@ -247,8 +235,12 @@ class ServingModule(Module):
             log.warning("predict requests for %s will be taken once the broker is back: %s", model, exc)
 
     async def _retire(self, old: Loaded) -> None:
-        await old.batcher.drained()
-        await asyncio.to_thread(store.remove, old.directory)
+        """Release a swapped-out version once its last requests are answered: nothing may keep a reference."""
+        try:
+            await old.batcher.drained()
+            await asyncio.to_thread(store.remove, old.directory)
+        finally:
+            self._retiring.remove(old)
         del old
         await asyncio.to_thread(store.recollect)
 
@@ -334,16 +326,3 @@ class ServingModule(Module):
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def _supersedes(new: Release, current: Release) -> bool:
-    """Deployment order is `seq` (a rollback is an older version with a newer seq)."""
-    if new.seq != current.seq:
-        return new.seq > current.seq
-    return new.sha256 != current.sha256
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise TypeError("expected an integer, got a boolean")
-    return int(value)

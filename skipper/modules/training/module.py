@@ -317,6 +317,7 @@ class TrainingModule(Module):
                 metrics=result.metrics,
                 params=params.model_dump(mode="json"),
                 task_id=task_id,
+                parameters=result.parameters,
             )
             archive, sha256, metadata = packaging.package(model_path, metadata)
         return _Packaged(archive, sha256, metadata)
