@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -102,7 +103,22 @@ class Runtime:
             finally:
                 await self.stop()
 
-        return create_app(role=role_label(self.roles), modules=self.modules, lifespan=lifespan)
+        return create_app(role=role_label(self.roles), modules=[*self.modules, _Lifecycle(self)], lifespan=lifespan)
+
+
+class _Lifecycle(Module):
+    """Not ready from the moment shutdown begins, whatever the modules say (every role, the api included)."""
+
+    name = "lifecycle"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def ready(self) -> bool:
+        return not self._runtime.stopping
+
+    def readiness(self) -> dict[str, Any]:
+        return {"stopping": True} if self._runtime.stopping else {}
 
 
 class _Server(uvicorn.Server):
