@@ -1,6 +1,7 @@
 """Faults on real processes and the real brokers: what happens to accepted work and live traffic.
 
-Marked `faults` (and `multiprocess`): run them alone with `pytest -m faults`. Each drops only its
+Marked `faults` (and `slow`, `multiprocess`): run them alone with `pytest -m faults`, skip them
+with `-m "not slow"`; CI runs them (about 5 minutes on the 2-core CI machine). Each drops only its
 own processes' connections (tests/drops.py), so other tests can share the brokers meanwhile.
 """
 
@@ -25,7 +26,7 @@ from tests.drops import drop_rabbitmq, drop_redis, queue_counts, rabbitmq_connec
 from tests.processes import ROW, Cluster, Role, eventually, http, postgres_schema, train
 from tests.services import RABBITMQ_URL, REDIS_URL, require_postgres, require_rabbitmq, require_redis
 
-pytestmark = [pytest.mark.faults, pytest.mark.multiprocess]
+pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.multiprocess]
 
 BROKERS = {
     "rabbitmq": ("rabbitmq", RABBITMQ_URL),

@@ -136,6 +136,7 @@ class ServingModule(Module):
     async def on_published(self, msg: Message) -> None:
         """A `model.published` fanout: install it unless what we serve is as recent."""
         headers = msg.headers
+        task_id = headers.get("task_id") if isinstance(headers.get("task_id"), str) else None  # a freshly trained version
         try:
             release = Release.parse(headers)
             data = msg.body if isinstance(msg.body, bytes) else None
@@ -143,10 +144,10 @@ class ServingModule(Module):
                 raise ArtifactRejected("announcement carries neither the artifact nor a reference to it")
         except ArtifactRejected as exc:
             await self._rejected(headers.get("model"), headers.get("version"), headers.get("sha256"), exc,
-                                 msg.correlation_id)
+                                 msg.correlation_id, task_id)
             return
         try:
-            await self.install(release, data, correlation_id=msg.correlation_id)
+            await self.install(release, data, correlation_id=msg.correlation_id, task_id=task_id)
         except ArtifactRejected:
             pass  # reported by install; the old version keeps serving
         except SkipperError as exc:  # registry unreachable for the bytes: catch up (with backoff) until it answers
@@ -154,7 +155,8 @@ class ServingModule(Module):
                         exc, extra={"correlation_id": msg.correlation_id})
             await self.catch_up()
 
-    async def install(self, release: Release, data: bytes | None = None, *, correlation_id: str | None = None) -> bool:
+    async def install(self, release: Release, data: bytes | None = None, *, correlation_id: str | None = None,
+                      task_id: str | None = None) -> bool:
         """Install `release` (fetching its bytes when `data` is None); False when not newer.
 
         Raises `ArtifactRejected` (after emitting `model.rejected`) when it fails its checks;
@@ -188,7 +190,7 @@ class ServingModule(Module):
                 )
             except ArtifactRejected as exc:
                 self._refused.add(refused)
-                await self._rejected(release.model, release.version, release.sha256, exc, correlation_id)
+                await self._rejected(release.model, release.version, release.sha256, exc, correlation_id, task_id)
                 raise
             finally:
                 self._loading.pop(release.model, None)
@@ -199,7 +201,7 @@ class ServingModule(Module):
         log.info("installed %s v%d (seq %d) in %.0f ms %s; full batch %.2f ms, run %s", release.model,
                  release.version, release.seq, took_ms, prepared.timings, prepared.batch_ms,
                  "inline" if inline else "in a thread", extra={"correlation_id": correlation_id})
-        await self._events.emit("model.installed", correlation_id=correlation_id, model=release.model,
+        await self._events.emit("model.installed", correlation_id=correlation_id, task_id=task_id, model=release.model,
                                  version=release.version, sha256=release.sha256, took_ms=took_ms)
         return True
 
@@ -253,9 +255,9 @@ class ServingModule(Module):
         return reply.body
 
     async def _rejected(self, model: object, version: object, sha256: object, exc: ArtifactRejected,
-                        correlation_id: str | None) -> None:
+                        correlation_id: str | None, task_id: str | None = None) -> None:
         log.error("rejected %s v%s: %s", model, version, exc.message, extra={"correlation_id": correlation_id})
-        await self._events.emit("model.rejected", correlation_id=correlation_id, model=str(model),
+        await self._events.emit("model.rejected", correlation_id=correlation_id, task_id=task_id, model=str(model),
                                 version=version if isinstance(version, int) else None,
                                 sha256=str(sha256), reason=exc.message)
 
