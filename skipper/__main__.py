@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipper: {exc.message}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, json_lines=settings.log_json, role=role_label(roles))
+    runtime = Runtime(settings, roles)
     try:
-        app = Runtime(settings, roles).app()  # refuses to expose protected routes without keys
+        app = runtime.app()  # refuses to expose protected routes without keys
     except ConfigError as exc:
         print(f"skipper: {exc.message}", file=sys.stderr)
         return 2
@@ -86,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         app, host=settings.host, port=settings.port, loop="uvloop", http=JsonErrorHttpToolsProtocol,
         lifespan="on", access_log=False, log_config=None, timeout_graceful_shutdown=30,
     )
-    # uvicorn handles SIGINT/SIGTERM: stop accepting, finish in-flight requests, run the lifespan shutdown.
-    server = uvicorn.Server(config)
+    # On SIGINT/SIGTERM the modules stop taking work at once (readiness false), then uvicorn stops
+    # accepting, finishes in-flight requests and runs the lifespan shutdown.
+    server = runtime.server(config)
     server.run()
     return 0 if server.started else 1
 

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from dockerfile_parse import DockerfileParser
 
 from skipper.core.settings import load_settings
 
@@ -71,13 +72,54 @@ def test_skipper_environment_is_valid_skipper_settings(service: str) -> None:
         assert (db.scheme, db.hostname, db.port) == ("postgresql+psycopg", "postgres", 5432)
 
 
+def volume_targets(service: str) -> dict[str, str]:
+    """Mount point -> volume type ("volume", "bind", "tmpfs") of a service's `volumes`, either syntax."""
+    found = {}
+    for volume in SERVICES[service].get("volumes", []):
+        if isinstance(volume, dict):
+            found[volume["target"]] = volume["type"]
+            continue
+        parts = str(volume).split(":")
+        if len(parts) == 1:  # just a path: an anonymous volume
+            found[parts[0]] = "volume"
+        else:  # source:target[:mode]; a source that is a path is a bind mount
+            found[parts[1]] = "bind" if parts[0].startswith((".", "/", "~")) else "volume"
+    return found
+
+
 @pytest.mark.parametrize("service", sorted(ROLES))
 def test_skipper_containers_have_a_read_only_root_and_writable_tmp_and_data(service: str) -> None:
     spec = SERVICES[service]
     assert spec["read_only"] is True
     data_dir = str(load_settings(environ=environment(service)).data_dir)
-    writable = set(spec.get("tmpfs", [])) | {v.split(":")[1] for v in spec.get("volumes", [])}
+    writable = set(spec.get("tmpfs", [])) | set(volume_targets(service))
     assert {"/tmp", data_dir} <= writable, service
+
+
+def dockerfile_data_dir_owner() -> tuple[str, str]:
+    """(the directory SKIPPER_DATA_DIR names in the image, the uid the image runs as), checked to be its owner."""
+    parser = DockerfileParser(path=str(ROOT / "Dockerfile"))
+    runtime = [i for i in parser.structure if i["instruction"] in ("FROM", "ENV", "RUN", "USER")]
+    stage = max(n for n, i in enumerate(runtime) if i["instruction"] == "FROM")
+    text = "\n".join(i["value"] for i in runtime[stage:])
+    data_dir = re.search(r"SKIPPER_DATA_DIR=(\S+)", text)
+    user = [i["value"] for i in runtime[stage:] if i["instruction"] == "USER"]
+    assert data_dir and user, "the runtime stage sets SKIPPER_DATA_DIR and a USER"
+    uid = user[-1].split(":")[0]
+    assert re.search(rf"chown {uid}(:\d+)? {re.escape(data_dir.group(1))}", text), "the image's data dir is not the user's"
+    return data_dir.group(1), uid
+
+
+@pytest.mark.parametrize("service", sorted(ROLES))
+def test_the_data_dir_is_a_volume_the_non_root_user_can_write_never_a_tmpfs(service: str) -> None:
+    # Under runc (Docker's default runtime) a tmpfs mounts root:root 0755 whatever the image's
+    # directory was, and the non-root process cannot write its model cache or artifacts; a new
+    # (named or anonymous) volume starts as a copy of the image's directory, owned by the user.
+    data_dir, _uid = dockerfile_data_dir_owner()
+    assert str(load_settings(environ=environment(service)).data_dir) == data_dir
+    assert data_dir not in SERVICES[service].get("tmpfs", []), f"{service}: {data_dir} on a tmpfs"
+    assert volume_targets(service).get(data_dir) == "volume", f"{service}: {data_dir} is not a volume"
+    assert "user" not in SERVICES[service], f"{service}: run as the image's user, who owns {data_dir}"
 
 
 def test_roles_start_only_after_what_they_need_is_healthy() -> None:

@@ -7,6 +7,7 @@ import base64
 import functools
 import hashlib
 import math
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -16,8 +17,12 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from starlette.routing import Route
 
+from skipper.core.http import create_app
+from skipper.core.roles import ROLES
 from skipper.core.settings import load_settings
+from skipper.modules.serving.memory import Footprint, MemoryGuard
 from tests.services import CI
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,9 +157,28 @@ def resolve_env(objs: list[Obj], container: Obj, secrets: dict[str, dict[str, st
 def _resource_value(container: Obj, field: Obj) -> str:
     kind, _, resource = field["resource"].partition(".")
     raw = str(container["resources"][kind][resource])
+    if resource == "memory":  # bytes / divisor, rounded up, as Kubernetes does
+        return str(math.ceil(quantity(raw) / quantity(str(field.get("divisor", "1")))))
     assert resource == "cpu" and str(field.get("divisor", "1")) == "1", f"unsupported resourceFieldRef {field}"
     cores = float(raw[:-1]) / 1000 if raw.endswith("m") else float(raw)
     return str(max(1, math.ceil(cores)))  # Kubernetes rounds up to whole cores (divisor 1)
+
+
+_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def quantity(raw: str) -> float:
+    """A Kubernetes memory quantity (`2Gi`, `1536Mi`, `512M`, `1`) in bytes."""
+    for suffix, factor in sorted(_SUFFIXES.items(), key=lambda kv: -len(kv[0])):
+        if raw.endswith(suffix):
+            return float(raw[: -len(suffix)]) * factor
+    return float(raw)
+
+
+def roles_of(workload: Obj) -> set[str]:
+    """The Skipper roles the workload's container runs (`--role=all` is every role)."""
+    args = [a.split("=", 1)[1] for a in skipper_container(workload).get("args", []) if a.startswith("--role=")]
+    return set(ROLES) if args == ["all"] else set(",".join(args).split(","))
 
 
 def secrets_of(objs: list[Obj]) -> dict[str, dict[str, str]]:
@@ -321,20 +345,67 @@ def test_skipper_probes_check_health_and_ready_on_the_port_skipper_listens_on(ta
         assert {p["containerPort"] for p in c["ports"]} == {settings.port}
 
 
+def graceful_http_shutdown_s() -> int:
+    """How long uvicorn lets in-flight HTTP requests finish after SIGTERM (set in skipper/__main__.py)."""
+    found = re.search(r"timeout_graceful_shutdown=(\d+)", (ROOT / "skipper" / "__main__.py").read_text())
+    assert found, "skipper/__main__.py no longer sets uvicorn's timeout_graceful_shutdown"
+    return int(found.group(1))
+
+
 def test_every_skipper_pod_terminates_gracefully(target: str) -> None:
     objs = render(target)
     services = find(objs, "Service")
     for name, w in skipper_workloads(objs).items():
         spec = pod_spec(w)
         grace = spec.get("terminationGracePeriodSeconds")
-        assert isinstance(grace, int) and grace >= 30, f"{name}: terminationGracePeriodSeconds {grace}"
         behind_service = any(selects(s["spec"].get("selector", {}), pod_labels(w)) for s in services)
         pre_stop = skipper_container(w).get("lifecycle", {}).get("preStop")
+        sleep = 0
         if behind_service:
-            # Endpoints drain before SIGTERM; the sleep must leave the grace period room to finish requests.
+            # Endpoints drain before SIGTERM: the pod keeps serving meanwhile.
             command = pre_stop["exec"]["command"] if pre_stop else None
             assert command and command[0] == "sleep", f"{name}: behind a Service but no preStop sleep"
-            assert 0 < int(command[1]) < grace - 10, f"{name}: preStop sleep {command[1]}s vs grace {grace}s"
+            sleep = int(command[1])
+            assert sleep >= 3, f"{name}: a {sleep}s preStop sleep is shorter than endpoint propagation"
+        # The grace period counts from the preStop hook: it must cover the hook, uvicorn's graceful
+        # shutdown of in-flight requests, and a few seconds to drain and close the bus.
+        least = sleep + graceful_http_shutdown_s() + 5
+        assert isinstance(grace, int) and grace >= least, f"{name}: terminationGracePeriodSeconds {grace} < {least}"
+
+
+def test_prometheus_scrapes_the_route_skipper_serves_metrics_on(target: str) -> None:
+    objs = render(target)
+    served = {route.path for route in create_app(role="api", modules=[]).routes if isinstance(route, Route)}
+    annotated = {}
+    for name, w in skipper_workloads(objs).items():
+        annotations = w["spec"]["template"]["metadata"].get("annotations", {})
+        if annotations.get("prometheus.io/scrape") != "true":
+            continue
+        annotated[name] = annotations
+        settings = load_settings(environ=resolve_env(objs, skipper_container(w), secrets_of(objs)))
+        assert annotations["prometheus.io/path"] == f"{API_BASE}/metrics" in served, f"{name}: {annotations}"
+        assert int(annotations["prometheus.io/port"]) == settings.port, f"{name}: {annotations}"
+    if target != "dev":
+        assert {"api", "server"} <= set(annotated), "the api and the servers export metrics worth scraping"
+
+
+def test_every_server_feeds_its_memory_limit_to_the_memory_guard(target: str) -> None:
+    objs = render(target)
+    servers = {name: w for name, w in skipper_workloads(objs).items() if "server" in roles_of(w)}
+    assert servers
+    for name, w in servers.items():
+        c = skipper_container(w)
+        var = next((v for v in c.get("env", []) if v["name"] == "SKIPPER_SERVING__MEMORY_LIMIT_MB"), None)
+        assert var is not None, f"{name}: the memory guard does not know the container's memory limit"
+        ref = var["valueFrom"]["resourceFieldRef"]
+        assert ref["resource"] == "limits.memory" and ref["divisor"] == "1Mi", f"{name}: {ref}"
+        settings = load_settings(environ=resolve_env(objs, c, secrets_of(objs)))
+        limit_mb = quantity(c["resources"]["limits"]["memory"]) / 2**20
+        assert settings.serving.memory_limit_mb == limit_mb
+        budget = MemoryGuard.from_settings(settings.serving).budget_mb
+        assert budget == limit_mb - settings.serving.memory_headroom_mb
+        # A model of 64 MiB of weights must be able to swap (its old version held while the new loads)
+        assert budget is not None and Footprint(64).resident_mb + Footprint(64).peak_mb <= budget, f"{name}: {budget}"
 
 
 def test_one_image_runs_every_role(target: str) -> None:

@@ -53,7 +53,7 @@ def fake_server(runtime: Runtime, calls: list[list[list[float]]]) -> None:
         calls.append(rows)
         return msg.reply({"predictions": [sum(r) for r in rows], "model": msg.data["model"], "model_version": 1})
 
-    runtime.bus.consume(contracts.PREDICT, predict)
+    runtime.bus.consume(contracts.predict_queue("diabetes"), predict)
 
 
 def assert_error(response: httpx.Response, status: int, code: str, field: str | None = None) -> None:
@@ -241,7 +241,7 @@ async def test_predict_without_a_server_is_503_and_a_silent_server_is_504(api: t
         await asyncio.sleep(3)
         return msg.reply({})
 
-    runtime.bus.consume(contracts.PREDICT, silent)
+    runtime.bus.consume(contracts.predict_queue("diabetes"), silent)
     assert_error(await client.post("/models/diabetes/predict", json={"instances": [[0.0] * 10]}), 504, "timeout")
     assert (await client.get("/health")).status_code == 200  # still serving
 

@@ -54,7 +54,7 @@ async def api(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[httpx.Asy
         rows = msg.data["instances"]
         return msg.reply({"predictions": [sum(r) for r in rows], "model": msg.data["model"], "model_version": 1})
 
-    runtime.bus.consume(contracts.PREDICT, fake_server)
+    runtime.bus.consume(contracts.predict_queue("diabetes"), fake_server)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=runtime.app()),
                                      base_url=f"http://127.0.0.1:8000{BASE}") as client:

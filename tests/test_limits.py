@@ -230,7 +230,7 @@ async def test_shed_predictions_reach_the_client_as_503_with_retry_after_across_
         return msg.reply({"predictions": predictions, "model": "diabetes", "model_version": 1})
 
     server_bus = build_transport(runtime.settings, bus_options(runtime.settings))
-    server_bus.consume(contracts.PREDICT, serve, prefetch=64)
+    server_bus.consume(contracts.predict_queue("diabetes"), serve, prefetch=64)
     await server_bus.start()
     try:
         # When one-row requests arrive one after another (so the api does not merge them)

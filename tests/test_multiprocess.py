@@ -181,7 +181,7 @@ async def test_predict_with_no_server_is_a_fast_503_and_a_silent_server_a_504(cl
         await release.wait()
         return msg.reply({})
 
-    silent.consume(contracts.PREDICT, never_answers)
+    silent.consume(contracts.predict_queue("diabetes"), never_answers)
     await silent.start()
     try:
         started = time.monotonic()

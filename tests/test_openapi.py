@@ -103,7 +103,7 @@ class FakeServer(Module):
     name = "fake-server"
 
     def register(self, bus: Transport) -> None:
-        bus.consume(contracts.PREDICT, self.predict)
+        bus.consume(contracts.predict_queue("diabetes"), self.predict)
 
     async def predict(self, msg: Message) -> Message:
         rows = msg.data["instances"]

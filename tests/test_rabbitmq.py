@@ -300,6 +300,62 @@ async def test_a_message_that_keeps_killing_its_consumer_is_dead_lettered_withou
     assert body == b'{"task_id":"t-8"}'
 
 
+async def queue_state(broker: Broker, queue: str) -> tuple[int, int]:
+    """(ready, unacknowledged) messages of a queue, as the broker counts them."""
+    listing = await rabbitmqctl("list_queues", "name", "messages_ready", "messages_unacknowledged", "-q",
+                                "--no-table-headers")
+    for line in listing.splitlines():
+        name, ready, unacked = line.split("\t")
+        if name == broker.queue(queue):
+            return int(ready), int(unacked)
+    raise AssertionError(f"no queue {queue}")
+
+
+async def wait_for_state(broker: Broker, queue: str, state: tuple[int, int], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while (seen := await queue_state(broker, queue)) != state:
+        assert time.monotonic() < deadline, f"{queue}: {seen}, never {state}"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("outcome", ["returns", "raises"])
+async def test_a_drop_mid_handler_neither_loses_the_message_nor_runs_it_twice(broker: Broker, outcome: str) -> None:
+    require_rabbitmqctl()
+    name = f"skipper-test-hold-{new_id()[:8]}"
+    bus = broker.transport(connection_name=name)
+    release = asyncio.Event()
+    runs: list[int] = []
+
+    async def train(msg: Message) -> None:
+        runs.append(msg.attempt)
+        if msg.attempt == 0:
+            await release.wait()
+            if outcome == "raises":
+                raise RuntimeError("the run failed")
+
+    bus.consume("train", train, prefetch=1)
+    await bus.start()
+    await bus.send("train", Message(type="train.command", body={"task_id": "t-1"}))
+    await eventually(lambda: runs == [0])
+    # When the broker drops the connection while the handler runs, twice
+    for _ in range(2):
+        assert await close_connections_named(name) == 1
+        await eventually(lambda: not bus.connected, timeout=10)
+        await eventually(lambda: bus.connected, timeout=15)
+        # Then the broker hands the message back, and the transport holds it unacknowledged
+        await wait_for_state(broker, "train", (0, 1))
+    assert runs == [0]  # not run again, not counted as an attempt
+    # And when the handler ends, its outcome is settled through the copy
+    release.set()
+    if outcome == "returns":
+        await wait_for_state(broker, "train", (0, 0))
+        await asyncio.sleep(0.5)
+        assert runs == [0]
+    else:
+        await eventually(lambda: runs == [0, 1], timeout=15)  # retried once, as attempt 1
+        await wait_for_state(broker, "train", (0, 0))
+
+
 async def test_a_pending_retry_is_kept_by_the_broker_and_outlives_the_consumer(broker: Broker) -> None:
     # Given a consumer whose handler fails once, with a two-second retry delay
     first = broker.transport(retry_backoff_s=2.0, retry_backoff_max_s=2.0, max_retries=1)

@@ -36,7 +36,7 @@ class Served:
 
     async def predict(self, rows: list[list[float]]) -> dict[str, Any]:
         msg = Message(type=contracts.PREDICT_REQUEST, body={"model": "diabetes", "instances": rows})
-        return (await self.bus.request(contracts.PREDICT, msg, timeout=5)).data
+        return (await self.bus.request(contracts.predict_queue("diabetes"), msg, timeout=5)).data
 
     def directories(self) -> list[Path]:
         return sorted((self.root / "serving").iterdir())

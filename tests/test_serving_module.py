@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 from skipper.core import contracts
-from skipper.core.errors import ModelNotReady, ValidationFailed
+from skipper.core.errors import ModelNotReady, NoConsumers, ValidationFailed
 from skipper.core.events import EventEmitter
 from skipper.core.messages import Message
 from skipper.modules.serving import ServingModule
@@ -46,7 +48,7 @@ class Harness:
 
     async def predict(self, instances: list[Any], model: str = "diabetes") -> dict[str, Any]:
         msg = Message(type=contracts.PREDICT_REQUEST, body={"model": model, "instances": instances})
-        return (await self.bus.request(contracts.PREDICT, msg, timeout=10)).data
+        return (await self.bus.request(contracts.predict_queue(model), msg, timeout=10)).data
 
     async def publish(self, body: bytes | dict[str, Any], **fields: Any) -> None:
         await self.bus.publish(contracts.MODEL_PUBLISHED, Message(type="model.published", body=body, headers=fields))
@@ -137,6 +139,85 @@ async def test_a_reconnection_catches_up_on_what_was_published_meanwhile(make: M
     await harness.bus.notify_connected()
     # Then it installs version 2
     await eventually(lambda: harness.version() == 2)
+
+
+# --- self-healing ---------------------------------------------------------------------------
+
+
+async def test_a_missed_announcement_heals_at_the_next_resync_without_a_reconnect(make: Make) -> None:
+    # Given a server serving version 1 that re-checks the registry every 0.3 s
+    harness = await serving(make, resync_s=0.3)
+    checks = harness.registry.production_requests
+    # When version 2 is deployed and its announcement never reaches the server
+    harness.registry.deploy(built(2), version=2, seq=2)
+    # Then the server installs it by itself, at its next re-check
+    await eventually(lambda: harness.version() == 2, timeout=10)
+    assert harness.registry.production_requests > checks
+    assert (await harness.predict(rows(1)))["model_version"] == 2
+
+
+async def test_an_install_that_failed_for_want_of_the_registry_is_retried_until_it_answers(make: Make) -> None:
+    # Given a server that would re-check only in an hour, and version 2 announced by reference
+    # while the registry cannot hand out its bytes
+    harness = await serving(make, resync_s=3600)
+    harness.registry.deploy(built(2), version=2, seq=2)
+    del harness.registry.artifacts[("diabetes", 2)]
+    fetches = harness.registry.artifact_requests
+    await harness.publish({"ref": True}, **headers(built(2), version=2, seq=2))
+    await eventually(lambda: harness.registry.artifact_requests >= fetches + 3)  # the fetch, then retries
+    assert harness.version() == 1  # still serving the old one meanwhile
+    # When the registry can serve the bytes again
+    harness.registry.artifacts[("diabetes", 2)] = built(2).data
+    # Then the server converges without waiting for its next periodic re-check
+    await eventually(lambda: harness.version() == 2, timeout=10)
+
+
+async def test_a_rejected_version_is_not_retried_by_the_periodic_re_check(make: Make) -> None:
+    harness = await serving(make, resync_s=0.1)
+    bad = headers(built(2), version=2, seq=2, sha256="f" * 64)
+    harness.registry.production = [bad]  # the registry announces a version whose bytes do not match
+    harness.registry.artifacts[("diabetes", 2)] = built(2).data
+    checks = harness.registry.production_requests
+    await eventually(lambda: harness.registry.production_requests >= checks + 5)
+    assert harness.version() == 1
+    assert [e["version"] for e in harness.events.kinds("model.rejected")] == [2]  # reported once, not every re-check
+
+
+# --- memory guard -----------------------------------------------------------------------------
+
+
+async def test_a_version_too_big_for_the_memory_budget_is_refused_and_the_old_one_keeps_serving(make: Make) -> None:
+    # Given a server with a 300 MiB budget for models, serving version 1 (a few KiB)
+    harness = await serving(make, memory_budget_mb=300)
+    fetches = harness.registry.artifact_requests
+    # When version 2 is announced with 50M parameters (200 MiB of float32 weights: ~1.5 GiB to load)
+    big = {**headers(built(2), version=2, seq=2), "metadata": {**built(2).metadata, "parameters": 50_000_000}}
+    harness.registry.artifacts[("diabetes", 2)] = built(2).data
+    await harness.publish({"ref": True}, **big)
+    # Then it is refused with the reason, before its bytes were fetched
+    await eventually(lambda: bool(harness.events.kinds("model.rejected")))
+    rejected = harness.events.kinds("model.rejected")[0]
+    assert rejected["version"] == 2
+    assert "MiB to load" in rejected["reason"] and "the memory budget is 300 MiB" in rejected["reason"]
+    assert harness.registry.artifact_requests == fetches
+    # And version 1 keeps serving
+    assert harness.version() == 1
+    assert (await harness.predict(rows(2)))["model_version"] == 1
+    # While a version that fits is installed as usual
+    await harness.publish(built(3).data, **headers(built(3), version=3, seq=3))
+    await eventually(lambda: harness.version() == 3)
+
+
+async def test_a_swapped_out_version_is_released_once_its_requests_are_answered(make: Make) -> None:
+    harness = await serving(make)
+    loaded = harness.module.loaded("diabetes")
+    assert loaded is not None
+    old_predictor, old_model = weakref.ref(loaded.predictor), weakref.ref(loaded.predictor._model)  # type: ignore[attr-defined]
+    del loaded
+    await harness.publish(built(2).data, **headers(built(2), version=2, seq=2))
+    await eventually(lambda: harness.version() == 2)
+    # Nothing keeps the old version alive: its predictor and its Keras model are collected.
+    await eventually(lambda: gc.collect() >= 0 and old_predictor() is None and old_model() is None, timeout=10)
 
 
 # --- fanout ---------------------------------------------------------------------------------
@@ -278,10 +359,39 @@ async def test_invalid_instances_are_refused_naming_the_row(make: Make, instance
     assert caught.value.details["field"] == field
 
 
-async def test_an_unknown_model_is_not_ready(make: Make) -> None:
-    harness = await serving(make)
-    with pytest.raises(ModelNotReady, match="no version of model 'nope' is loaded"):
+async def test_a_server_takes_predict_requests_only_for_the_models_it_holds(make: Make) -> None:
+    # Given a server that has not loaded anything yet (its registry is slow to answer)
+    registry = FakeRegistry()
+    registry.deploy(built(1), version=1, seq=1)
+    registry.gate.clear()
+    harness = await make(registry=registry)
+    await eventually(lambda: registry.production_requests == 1)
+    # Then nobody takes requests for diabetes: a peer holding it would get them all
+    with pytest.raises(NoConsumers):
+        await harness.predict(rows(1))
+    # And once it holds a version, it takes them
+    registry.gate.set()
+    await eventually(harness.module.ready)
+    assert (await harness.predict(rows(1)))["model_version"] == 1
+    # A model it never loaded still has no consumer here
+    with pytest.raises(NoConsumers):
         await harness.predict(rows(1), model="nope")
+    # and a request for it that reached this server anyway is refused, not guessed at
+    with pytest.raises(ModelNotReady, match="no version of model 'nope' is loaded"):
+        await harness.module.on_predict(Message(type=contracts.PREDICT_REQUEST, body={"model": "nope", "instances": rows(1)}))
+
+
+async def test_on_shutdown_a_server_turns_unready_and_stops_taking_requests_but_answers_those_it_took(make: Make) -> None:
+    harness = await serving(make)
+    before = await harness.predict(rows(1))
+    started = asyncio.create_task(harness.predict(rows(3)))
+    await asyncio.sleep(0)  # the request is in the server's batcher when shutdown begins
+    await harness.module.drain()
+    assert not harness.module.ready()
+    with pytest.raises(NoConsumers):
+        await harness.predict(rows(1))
+    assert (await started)["predictions"] == pytest.approx(built(1).expected(rows(3)), rel=1e-5, abs=1e-5)
+    assert before["model_version"] == 1
 
 
 async def test_the_package_does_not_import_tensorflow() -> None:

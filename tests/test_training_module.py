@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -217,6 +218,54 @@ async def test_an_unexpected_trainer_error_is_retried_then_dead_lettered(tmp_pat
         assert not h.registry.of(contracts.TASK_FAILED)  # the api reports it from the dead letter
 
 
+GATE = threading.Event()
+GATED_RUNS: list[str] = []
+
+
+def gated_trainer(job: TrainJob) -> TrainResult:
+    """A plug-in trainer that runs until the test opens the gate, then stops as cancelled or raises."""
+    GATED_RUNS.append(job.task_id)
+    if not GATE.wait(30):
+        raise TimeoutError("the test never opened the gate")
+    if job.params.epochs == 2:  # the test's way of asking for a run that fails unexpectedly
+        raise RuntimeError("the run died")
+    return TrainResult(features=[], targets=[], classes=None, cancelled=True)
+
+
+GATED = {"gated": {"model": "gated", "kind": "regression", "dataset": {"source": "sklearn", "name": "diabetes"},
+                   "trainer": "tests.test_training_module:gated_trainer"}}
+
+
+def command(task_id: str, epochs: int) -> Message:
+    return Message(type=contracts.TRAIN_COMMAND, body={"task_id": task_id, "workflow": "gated", "params": {"epochs": epochs}})
+
+
+@pytest.mark.parametrize("run_ends", ["with an outcome", "by raising"])
+async def test_a_second_command_for_a_task_training_here_is_held_until_that_run_ends(tmp_path: Path, run_ends: str) -> None:
+    GATE.clear()
+    GATED_RUNS.clear()
+    epochs = 1 if run_ends == "with an outcome" else 2
+    async with trainer(tmp_path, GATED) as h:
+        await h.bus.send(contracts.TRAIN, command("task-9", epochs))
+        await eventually(lambda: GATED_RUNS == ["task-9"])
+        # A second command for the same task (as a broker drop can produce) reaches the handler.
+        second = asyncio.create_task(h.module._on_train(command("task-9", epochs)))
+        await asyncio.sleep(0.3)
+        # It is held (the bus does not acknowledge it) and runs nothing while the first run goes on.
+        assert not second.done()
+        assert len(h.registry.of(contracts.TASK_CLAIM)) == 1
+        GATE.set()
+        if run_ends == "with an outcome":
+            # The run ended with an outcome for the task: the held command is done, without a second run.
+            assert await asyncio.wait_for(second, 10) is None
+            assert GATED_RUNS == ["task-9"] and len(h.registry.of(contracts.TASK_CANCEL_ACK)) == 1
+        else:
+            # The run raised: it did not finish the task, so the held command claims it and runs it.
+            with pytest.raises(RuntimeError, match="the run died"):
+                await asyncio.wait_for(second, 10)
+            assert GATED_RUNS[:2] == ["task-9", "task-9"]
+
+
 # --- with TensorFlow ---------------------------------------------------------------------------
 
 
@@ -249,6 +298,9 @@ async def test_a_diabetes_command_reports_each_epoch_then_sends_a_verified_artif
         assert metadata["kind"] == "regression" and metadata["classes"] is None and metadata["task_id"] == "task-1"
         assert {"rmse", "mae"} <= set(metadata["metrics"]) and metadata["metrics"]["rmse"] > 0
         assert metadata["params"]["epochs"] == 3
+        # What servers size their memory by: the parameter count and the model file's size
+        assert metadata["parameters"] == load_model(archive, tmp_path).count_params() > 0
+        assert metadata["model_bytes"] == len(files[artifacts.MODEL_FILE])
         assert {"tensorflow", "keras", "numpy", "scikit-learn", "python", "skipper"} <= set(metadata["library_versions"])
         assert "version" not in metadata
 

@@ -212,6 +212,37 @@ async def test_a_consumer_registered_after_start_receives_messages(bus_factory: 
     await eventually(lambda: seen == [7])
 
 
+async def test_attach_takes_requests_at_once_and_detach_stops_new_ones_but_answers_those_taken(
+    bus_factory: BusFactory,
+) -> None:
+    # Given a running server process that has not attached to the queue yet, and a client
+    server, client = bus_factory(), bus_factory()
+    await server.start()
+    await client.start()
+    with pytest.raises(NoConsumers):
+        await client.request("model.a", Message(type="q", body={"n": 0}), timeout=5)
+    release = asyncio.Event()
+
+    async def answer(msg: Message) -> Message:
+        if msg.data["n"] == 2:
+            await release.wait()
+        return msg.reply({"n": msg.data["n"]})
+
+    # When it attaches, the next request is served (attach returns once the broker has it)
+    await server.attach("model.a", answer)
+    assert (await client.request("model.a", Message(type="q", body={"n": 1}), timeout=5)).data == {"n": 1}
+    # And when it detaches with a request in flight, that request is still answered
+    in_flight = asyncio.create_task(client.request("model.a", Message(type="q", body={"n": 2}), timeout=10))
+    await asyncio.sleep(0.5)
+    await server.detach("model.a")
+    release.set()
+    assert (await in_flight).data == {"n": 2}
+    # but new requests find no consumer
+    await asyncio.sleep(1.2)  # past any cached consumer count
+    with pytest.raises(NoConsumers):
+        await client.request("model.a", Message(type="q", body={"n": 3}), timeout=5)
+
+
 async def test_close_waits_for_in_flight_handlers_and_is_idempotent(bus_factory: BusFactory) -> None:
     bus = bus_factory()
     started, finished = asyncio.Event(), asyncio.Event()

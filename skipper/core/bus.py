@@ -6,6 +6,15 @@ Three patterns (see DESIGN.md, "The bus"):
 - requests: `request` over a work queue; `NoConsumers` at once, `RequestTimeout` after `timeout`;
 - fanout: `publish` / `subscribe`; every live subscriber gets every message.
 
+What a work message survives, on every transport: it is acknowledged only after its handler's
+outcome (done, a retry, a dead letter) is recorded, so a broker that drops the connection
+mid-handler still holds a copy. A copy handed back to the same process while its handler still
+runs is held, not run again and not counted as an attempt, and settled with the handler's
+outcome; if the process dies first, another consumer runs it as the next attempt. A dropped
+connection therefore never loses a message; a dead consumer costs one attempt. (Details per
+transport in their module docstrings; `memory` has no connection to lose, and nothing of it
+survives its process.)
+
 Queue and topic names given to a transport are logical (`train`, `model.published`); the
 transport prefixes them with the namespace so deployments can share one broker.
 """
@@ -36,6 +45,14 @@ class BusOptions:
     retry_backoff_s: float = 0.5
     retry_backoff_max_s: float = 30.0
     reconnect_backoff_max_s: float = 10.0
+    role: str = "all"  # the process's roles; transports put it in their connection names
+
+    def client_name(self, suffix: str = "") -> str:
+        """How this process names its broker connections: `skipper:<namespace>:<role>[:suffix]`.
+
+        Operators (and the fault tests) find one deployment's connections, or one role's, by it.
+        """
+        return ":".join(p for p in ("skipper", self.namespace, self.role, suffix) if p)
 
     def backoff(self, attempt: int) -> float:
         return float(min(self.retry_backoff_s * (2**attempt), self.retry_backoff_max_s))
@@ -84,6 +101,22 @@ class Transport(ABC):
     @abstractmethod
     def consume(self, queue: str, handler: Handler, *, prefetch: int | None = None) -> None:
         """Register a competing consumer for `queue` (before or after `start`)."""
+
+    @abstractmethod
+    async def attach(self, queue: str, handler: Handler, *, prefetch: int | None = None) -> None:
+        """Start consuming `queue` now (the transport may be running); returns once the broker has the consumer.
+
+        The consumer is kept across reconnects like one from `consume`. Raises `Unavailable` when
+        the broker cannot be reached now: the consumer then starts on the next (re)connection.
+        """
+
+    @abstractmethod
+    async def detach(self, queue: str) -> None:
+        """Stop taking new messages from `queue`; handlers already running finish and acknowledge.
+
+        Messages this process took but had not started go back to the queue for other consumers.
+        A detached queue stays detached for the life of the transport.
+        """
 
     @abstractmethod
     async def request(self, queue: str, msg: Message, *, timeout: float) -> Message:

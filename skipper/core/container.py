@@ -25,17 +25,18 @@ def construct(path: str, **kwargs: Any) -> Any:
     return getattr(importlib.import_module(module_name), attr)(**kwargs)
 
 
-def bus_options(settings: Settings) -> BusOptions:
+def bus_options(settings: Settings, role: str = "all") -> BusOptions:
     bus = settings.bus
     return BusOptions(namespace=settings.namespace, prefetch=bus.prefetch, max_retries=bus.max_retries,
                       retry_backoff_s=bus.retry_backoff_s, retry_backoff_max_s=bus.retry_backoff_max_s,
-                      reconnect_backoff_max_s=bus.reconnect_backoff_max_s)
+                      reconnect_backoff_max_s=bus.reconnect_backoff_max_s, role=role)
 
 
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
+    role = providers.Dependency(instance_of=str, default="all")  # names the broker connections
 
-    transport = providers.Singleton(build_transport, settings, providers.Callable(bus_options, settings))
+    transport = providers.Singleton(build_transport, settings, providers.Callable(bus_options, settings, role))
 
     # Only the api role resolves these: trainers and servers never open the database.
     database = providers.Singleton(Database, url=settings.provided.resolved_database_url)

@@ -8,9 +8,20 @@ from __future__ import annotations
 # Work queues (one consumer per message).
 TRAIN = "train"  # api -> trainer: train commands
 REGISTRY = "registry"  # trainer/server -> api: task lifecycle, artifacts, registry queries
-PREDICT = "predict"  # api -> server: prediction requests
+PREDICT = "predict"  # api -> server: prediction requests, one queue per model (see `predict_queue`)
 EVENTS = "events"  # every module -> logging module
 DEAD_LETTERS = "dead_letters"  # transports -> api: messages that exhausted their retries
+
+
+
+def predict_queue(model: str) -> str:
+    """The queue of one model's predict requests.
+
+    A server consumes it only while it holds a version of that model, so a request never reaches
+    a server that lacks the model, and `NoConsumers` means that no server has it.
+    """
+    return f"{PREDICT}.{model}"
+
 
 # Fanout topics (every live subscriber).
 MODEL_PUBLISHED = "model.published"  # api -> servers (and api replicas): a version to serve

@@ -12,8 +12,8 @@ from skipper.core.routing import Endpoint, RouteGroup
 class Module:
     """A module registers bus handlers and HTTP routes; the container decides which run.
 
-    Lifecycle: `register(bus)` before the bus starts, `start()` after it has started,
-    `stop()` before it closes. Modules never import each other.
+    Lifecycle: `register(bus)` before the bus starts, `start()` after it has started, `drain()`
+    as soon as shutdown begins, `stop()` before the bus closes. Modules never import each other.
     """
 
     name = "module"
@@ -28,6 +28,9 @@ class Module:
 
     async def start(self) -> None:
         """Begin work that needs a running bus (catch-up, background loops)."""
+
+    async def drain(self) -> None:
+        """Shutdown has begun (SIGTERM): stop taking new work now; what is in flight goes on until `stop()`."""
 
     async def stop(self) -> None:
         """Finish in-flight work and release resources."""

@@ -86,6 +86,12 @@ class ServingSettings(_Section):
     jit_compile: bool = False
     catch_up_timeout_s: float = Field(30.0, gt=0)
     max_queued_rows: int = Field(8192, ge=1)  # per model; past it predictions are shed with 503 + Retry-After
+    resync_s: float = Field(30.0, gt=0)  # how often a server re-checks the registry's production versions
+    # The memory guard (see skipper/modules/serving/memory.py): models held plus the one loading
+    # must fit the budget; unset, it is the memory limit (given, else the cgroup's) minus headroom.
+    memory_budget_mb: float | None = Field(None, gt=0)
+    memory_limit_mb: float | None = Field(None, gt=0)
+    memory_headroom_mb: float = Field(768.0, ge=0)
 
 
 class ApiKey(_Section):

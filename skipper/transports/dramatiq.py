@@ -63,7 +63,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
@@ -77,7 +77,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, q_name, xq_name
 from dramatiq.encoder import Encoder, JSONEncoder
-from dramatiq.errors import BrokerConnectionError, BrokerError
+from dramatiq.errors import BrokerConnectionError, BrokerError, ConnectionClosed
 from dramatiq.middleware import AgeLimit, CurrentMessage, Middleware, Retries, SkipMessage, TimeLimit
 
 from skipper.core import contracts
@@ -310,14 +310,33 @@ class _Redeliveries(Middleware):
     mark, so each delivery leaves a "started" key that is deleted once it is finished: a key
     already there means an earlier consumer started it and never finished. A counted message is
     re-enqueued with `retries` raised (so repeated deaths add up) and this copy is dropped.
+
+    A consumer that did not die but lost its connection (RabbitMQ requeues the delivery with its
+    channel; the consumer thread reconnects and gets it back while the handler still runs here)
+    must neither run it twice nor drop it: the copy is held unacknowledged, in its worker thread,
+    until the handler finishes, then acknowledged (Dramatiq's Retries has enqueued any retry by
+    then). If the process dies first, the broker still holds the copy and hands it to another
+    worker as the next attempt. Dramatiq's Redis broker keeps an unacked message with its worker
+    across a reconnect (only missed heartbeats requeue it), so there the copy rarely happens.
     """
 
-    def __init__(self, started_ttl_ms: int) -> None:
+    def __init__(self, transport: DramatiqTransport, started_ttl_ms: int) -> None:
+        self.transport = transport
         self.started_ttl_ms = started_ttl_ms
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
-        if not self._started_before(broker, message) or message.args[0].get("reply_to") is not None:
-            return  # first delivery, or a request (its caller is waiting: just serve it)
+        env = message.args[0]
+        if env.get("reply_to") is not None:
+            return  # a request: its caller is waiting, just serve it
+        done = self.transport.handler_done(str(env.get("id")), int(message.options.get("retries", 0)))
+        if done is not None:
+            log.warning("message %s on %s came back while its handler still runs here; holding the copy until it ends",
+                        message.message_id, message.queue_name)
+            while not done.wait(_WAIT_SLICE_S):
+                pass
+            raise SkipMessage("a copy of a message this process handled")
+        if not self._started_before(broker, message):
+            return  # first delivery
         attempt = int(message.options.get("retries", 0)) + 1
         max_retries = broker.get_actor(message.actor_name).options.get("max_retries", 0)
         if attempt > max_retries:
@@ -358,10 +377,62 @@ class _FreshRequeueConsumer(_RabbitmqConsumer):
 
     Closing the channel would requeue them flagged `redelivered`, which `_Redeliveries` reads
     as "its consumer died mid-handler"; a graceful stop must not cost them an attempt.
+
+    It also ignores acks for deliveries of a previous connection: Dramatiq sends a message's ack
+    to its queue's current consumer, whose new channel numbers its deliveries from 1 again, so
+    the stale tag would ack whichever new delivery has that number (a message never handled).
     """
 
+    def __init__(self, broker: Any, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
+        self._idle_s = timeout / 1000
+        self._cancelled = False
+
+    def __next__(self) -> Any:
+        detached = self.broker.detached.get(q_name(self.queue_name))
+        if detached is not None:
+            return self._idle_detached(detached)
+        message = super().__next__()  # type: ignore[no-untyped-call]
+        # The first call sent basic.consume and had it confirmed: the broker now delivers here.
+        self.broker.consuming.setdefault(q_name(self.queue_name), threading.Event()).set()
+        if message is not None:
+            message.skipper_consumer = self
+        return message
+
+    def _idle_detached(self, detached: threading.Event) -> None:
+        """Consume nothing more, but keep the connection serving acks and heartbeats (this thread owns it)."""
+        if not self._cancelled:
+            self._cancelled = True
+            try:
+                # basic.cancel; what the broker sent that was not yet handed out goes back to the queue.
+                self.channel.cancel()
+            except (pika.exceptions.AMQPError, AssertionError) as exc:
+                raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]  # the channel is gone
+            detached.set()
+        try:
+            self.connection.process_data_events(time_limit=self._idle_s)
+        except (pika.exceptions.AMQPError, AssertionError) as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+        return None
+
+    def _stale(self, message: Any) -> bool:
+        """Delivered on a channel since closed: its tag means nothing (or another message) here."""
+        return getattr(message, "skipper_consumer", self) is not self
+
+    def ack(self, message: Any) -> None:
+        if self._stale(message):
+            log.debug("not acking message %s: its channel is gone and the broker requeued it", message.message_id)
+            return
+        super().ack(message)  # type: ignore[no-untyped-call]
+
+    def nack(self, message: Any) -> None:
+        if self._stale(message):
+            log.debug("not nacking message %s: its channel is gone and the broker requeued it", message.message_id)
+            return
+        super().nack(message)  # type: ignore[no-untyped-call]
+
     def requeue(self, messages: Any) -> None:
-        messages = list(messages)
+        messages = [m for m in messages if not self._stale(m)]  # the broker requeued the others already
         if not messages:
             return
         try:
@@ -375,10 +446,15 @@ class _FreshRequeueConsumer(_RabbitmqConsumer):
                 self.broker.enqueue(message._message)
             except BrokerConnectionError:
                 return
-            self.ack(message)  # type: ignore[no-untyped-call]
+            self.ack(message)
 
 
 class _RabbitmqBroker(RabbitmqBroker):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.detached: dict[str, threading.Event] = {}  # queue -> set once its consumer has cancelled
+        self.consuming: dict[str, threading.Event] = {}  # queue -> set once this process's consumer is registered
+
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
         return _FreshRequeueConsumer
@@ -492,7 +568,7 @@ class DramatiqTransport(Transport):
         middleware: list[Middleware] = [
             _DeadLetterReports(self),
             AgeLimit(max_age=limits["max_age"]),
-            _Redeliveries(started_ttl_ms=limits["max_age"]),
+            _Redeliveries(self, started_ttl_ms=limits["max_age"]),
             _SharedTimeLimit(time_limit=limits["time_limit"]),
             CurrentMessage(),
             Retries(max_retries=options.max_retries, min_backoff=limits["min_backoff"],
@@ -502,10 +578,13 @@ class DramatiqTransport(Transport):
         self._side: _AmqpSide | _RedisSide
         if self.kind == "rabbitmq":
             self.broker = _RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
+            if isinstance(self.broker.parameters, pika.connection.Parameters):
+                self.broker.parameters.client_properties = {"connection_name": options.client_name("dramatiq")}
             self._side = _AmqpSide(self, url)
         else:
             self.broker = RedisBroker(  # type: ignore[no-untyped-call]
-                url=url, namespace=f"skipper:{options.namespace}", middleware=middleware,
+                client=redis.Redis.from_url(url, client_name=options.client_name("dramatiq")),
+                namespace=f"skipper:{options.namespace}", middleware=middleware,
                 heartbeat_timeout=settings.heartbeat_s * 1000 if settings.heartbeat_s > 0 else 60_000,
                 maintenance_chance=redis_maintenance_chance,
             )
@@ -515,6 +594,8 @@ class DramatiqTransport(Transport):
         self._prefetch: dict[str, int] = {}
         self._subscribers: dict[str, list[Handler]] = {}
         self._pending: dict[str, asyncio.Future[Message]] = {}
+        self._handling: dict[tuple[str, int], threading.Event] = {}  # (message id, attempt) -> set when handled
+        self._handling_lock = threading.Lock()
         self._background: set[asyncio.Task[Any]] = set()
         self._worker: _Worker | None = None
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="skipper-dramatiq-send")
@@ -588,6 +669,32 @@ class DramatiqTransport(Transport):
             self._ensure_worker().watch(name)
             self._spawn(self._side.consumers_attached([name], wait=False))
 
+    async def attach(self, queue: str, handler: Handler, *, prefetch: int | None = None) -> None:
+        name = self.qualified(queue)
+        if isinstance(self.broker, _RabbitmqBroker):
+            consuming = self.broker.consuming.setdefault(name, threading.Event())
+        self.consume(queue, handler, prefetch=prefetch)
+        if not self._started or self._closing is not None:
+            return
+        if isinstance(self.broker, _RabbitmqBroker):
+            # This process's own consumer, not just any: a peer consuming the queue proves nothing.
+            if not await asyncio.to_thread(consuming.wait, _CONNECT_TIMEOUT_S):
+                raise Unavailable(f"the consumer of {name} did not start within {_CONNECT_TIMEOUT_S:g}s")
+        else:
+            await self._side.consumers_attached([name])
+
+    async def detach(self, queue: str) -> None:
+        name = self.qualified(queue)
+        await self._side.withdraw_queue(name)  # Redis: requests see no consumer here from now on
+        if isinstance(self.broker, _RabbitmqBroker):
+            cancelled = self.broker.detached.setdefault(name, threading.Event())
+            # The queue's consumer thread cancels its consumer at its next poll.
+            running = self._worker is not None and name in self._worker.consumers
+            if running and not await asyncio.to_thread(cancelled.wait, _CONNECT_TIMEOUT_S):
+                log.warning("the consumer of %s did not cancel within %.0fs", name, _CONNECT_TIMEOUT_S)
+        # On Redis, Dramatiq's consumer keeps polling and serves what was already enqueued here;
+        # what it prefetched but did not start goes back to the queue when the worker stops.
+
     def dramatiq_message(self, queue: str, msg: Message, **options: Any) -> dramatiq.Message[Any]:
         """The Dramatiq message carrying `msg` to the actor of `queue`."""
         name = actor_name(self.options.namespace, queue)
@@ -630,18 +737,41 @@ class DramatiqTransport(Transport):
             loop = self._loop
             if loop is None or loop.is_closed():
                 raise Unavailable("the transport's event loop is gone")
-            fut = asyncio.run_coroutine_threadsafe(self._serve(queue, msg), loop)
-            try:
-                # Wait in slices: TimeLimit interrupts this thread only while it runs Python code.
-                while not fut.done():
-                    concurrent.futures.wait([fut], timeout=_WAIT_SLICE_S)
-            except BaseException:
-                fut.cancel()  # TimeLimitExceeded (or shutdown): stop the handler too
-                raise
-            fut.result()
+            with self._handling_message(msg):
+                fut = asyncio.run_coroutine_threadsafe(self._serve(queue, msg), loop)
+                try:
+                    # Wait in slices: TimeLimit interrupts this thread only while it runs Python code.
+                    while not fut.done():
+                        concurrent.futures.wait([fut], timeout=_WAIT_SLICE_S)
+                except BaseException:
+                    fut.cancel()  # TimeLimitExceeded (or shutdown): stop the handler too
+                    raise
+                fut.result()
 
         run.__qualname__ = run.__name__ = f"consume_{queue}"
         return run
+
+    @contextlib.contextmanager
+    def _handling_message(self, msg: Message) -> Iterator[None]:
+        """Record a work message as being handled here, for `wait_for_handler`."""
+        if msg.reply_to is not None:
+            yield
+            return
+        key, done = (msg.id, msg.attempt), threading.Event()
+        with self._handling_lock:
+            self._handling[key] = done
+        try:
+            yield
+        finally:
+            with self._handling_lock:
+                if self._handling.get(key) is done:
+                    del self._handling[key]
+            done.set()
+
+    def handler_done(self, message_id: str, attempt: int) -> threading.Event | None:
+        """Set once this process's handler of that message has finished; None when none runs here."""
+        with self._handling_lock:
+            return self._handling.get((message_id, attempt))
 
     async def _serve(self, queue: str, msg: Message) -> None:
         name = self.qualified(queue)
@@ -765,7 +895,7 @@ class _AmqpSide:
         self._t = transport
         self._params = pika.URLParameters(url)
         self._params.heartbeat = transport.settings.heartbeat_s
-        self._params.client_properties = {"connection_name": f"skipper-dramatiq:{transport.options.namespace}"}
+        self._params.client_properties = {"connection_name": transport.options.client_name("dramatiq-side")}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._conn: Any = None
@@ -808,6 +938,9 @@ class _AmqpSide:
 
     async def withdraw(self) -> None:
         """Nothing to do: RabbitMQ drops a consumer from `consumer_count` when its channel closes."""
+
+    async def withdraw_queue(self, queue: str) -> None:
+        """Nothing to do: RabbitMQ drops a consumer from `consumer_count` when it is cancelled."""
 
     async def consumers_attached(self, queues: list[str], *, wait: bool = True) -> None:
         """Wait until the broker counts a consumer on each queue (Dramatiq attaches them in threads)."""
@@ -967,7 +1100,7 @@ class _RedisSide:
     def __init__(self, transport: DramatiqTransport, url: str) -> None:
         self._t = transport
         self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-            url, client_name=f"skipper-dramatiq:{transport.options.namespace}"
+            url, client_name=transport.options.client_name("dramatiq-side")
         )
         self._prefix = f"skipper:{transport.options.namespace}"
         self._reply_channel = f"{self._prefix}:reply:{new_id()}"
@@ -1022,6 +1155,12 @@ class _RedisSide:
             await self._client.aclose()
         except (redis.RedisError, OSError):
             log.debug("closing the Redis side channel failed", exc_info=True)
+
+    async def withdraw_queue(self, queue: str) -> None:
+        if queue in self._queues and self._pubsub is not None:
+            self._queues.discard(queue)
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self._pubsub.unsubscribe(self._presence_channel(queue))
 
     async def withdraw(self) -> None:
         queues, self._queues = self._queues, set()

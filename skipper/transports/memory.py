@@ -2,7 +2,9 @@
 
 Messages are passed by reference (no serialization on the hot path). Everything lives in
 this process, so "durable" means "until the process exits"; retries, dead letters,
-`NoConsumers` and `RequestTimeout` behave as on the brokers.
+`NoConsumers` and `RequestTimeout` behave as on the brokers. There is no connection to drop:
+a handler's outcome is applied as soon as it returns; a crash of the process loses what was
+queued (the tasks themselves are rows in the database).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ DIRECT_REPLY = "memory.direct"
 class _Worker:
     """One consumer slot: pulls from a queue and runs the handler; cancellable only when idle."""
 
-    def __init__(self) -> None:
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
         self.busy = False
+        self.detached = False
         self.task: asyncio.Task[None] | None = None
 
 
@@ -76,6 +80,17 @@ class MemoryTransport(Transport):
         if self._started and not self._closed:
             self._spawn_workers(queue, handler, slots)
 
+    async def attach(self, queue: str, handler: Handler, *, prefetch: int | None = None) -> None:
+        self.consume(queue, handler, prefetch=prefetch)
+
+    async def detach(self, queue: str) -> None:
+        self._consumers.pop(queue, None)  # requests see no consumer from now on
+        for worker in self._workers:
+            if worker.queue == queue:
+                worker.detached = True
+                if not worker.busy and worker.task is not None:
+                    worker.task.cancel()
+
     async def request(self, queue: str, msg: Message, *, timeout: float) -> Message:
         consumers = self._consumers.get(queue)
         if not consumers or not self._started or self._closed:
@@ -119,13 +134,13 @@ class MemoryTransport(Transport):
 
     def _spawn_workers(self, queue: str, handler: Handler, slots: int) -> None:
         for _ in range(slots):
-            worker = _Worker()
+            worker = _Worker(queue)
             worker.task = asyncio.create_task(self._work(queue, handler, worker))
             self._workers.append(worker)
 
     async def _work(self, queue: str, handler: Handler, worker: _Worker) -> None:
         q = self._queues[queue]
-        while not self._closed:
+        while not self._closed and not worker.detached:
             msg = await q.get()
             worker.busy = True
             try:

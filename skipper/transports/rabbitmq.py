@@ -57,8 +57,19 @@ once: in-flight requests and unconfirmed sends fail with `Unavailable`, and unti
 connection is up `send`/`publish`/`request` raise `Unavailable` immediately. A background
 task reconnects with jittered exponential backoff (capped at
 `BusOptions.reconnect_backoff_max_s`), re-declares the topology, restarts every consumer
-and subscriber, then awaits `notify_connected()` on the loop. Handlers still running keep
-going; their deliveries were requeued by the broker, so their acks are skipped.
+and subscriber, then awaits `notify_connected()` on the loop.
+
+Work handlers outlive a dropped link, and the transport never lets that lose a message. The
+guarantee: a work message is acknowledged only after its handler's outcome (done, a retry, a
+dead letter) is in the broker, and until then the broker holds a copy. When the link drops
+mid-handler, the broker requeues the delivery and hands it back (flagged redelivered) once we
+are reconnected, while the handler still runs here. That copy is not run again and not counted
+as an attempt: it is parked unacknowledged, and when the handler finishes its outcome is settled
+through the copy (the original delivery died with its channel). A second drop just parks the
+next copy. If this process dies meanwhile, the parked copy goes back to the queue and another
+consumer runs it as the next attempt (so a trainer killed after a drop loses no task). An
+outcome reached while the link is down, with no copy back yet, waits `UNSETTLED_TTL_S` for the
+copy; a copy the broker hands to another process instead is run there (at least once).
 
 Broker configuration note: RabbitMQ closes a channel whose delivery stays unacked longer
 than its `consumer_timeout` (30 minutes by default); set it above the longest training run
@@ -77,6 +88,7 @@ import random
 import socket
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,7 +98,7 @@ import pika.exceptions
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from skipper.core import contracts
-from skipper.core.bus import BusOptions, Handler, Transport
+from skipper.core.bus import BusOptions, Handler, HandlerOutcome, Transport
 from skipper.core.errors import NoConsumers, RequestTimeout, Unavailable, from_payload
 from skipper.core.messages import Message
 from skipper.core.settings import BusSettings
@@ -103,6 +115,8 @@ RPC_TIMEOUT_S = 5.0  # channel-level round trips (declare, qos, consume, cancel)
 CONNECT_TIMEOUT_S = 10.0
 RECONNECT_FIRST_S = 0.2
 SPARE_CHANNELS = 4
+UNSETTLED_TTL_S = 600.0  # how long an outcome waits for its message's copy to come back
+UNSETTLED_MAX = 10_000
 _COALESCE_MAX_BYTES = 64 * 1024  # above this, copying frames costs more than a syscall
 
 # Header values AMQP tables cannot carry faithfully (pika cannot encode floats at all) are
@@ -377,6 +391,22 @@ class _Consumer:
 
 
 @dataclass(eq=False)
+class _Handling:
+    """A work message whose handler runs in this process, and the copies the broker handed back meanwhile."""
+
+    copies: list[tuple[_Channel, int]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Unsettled:
+    """A handler's outcome that found no open delivery to settle on: applied to the copy when it comes back."""
+
+    msg: Message
+    outcome: HandlerOutcome | None  # None: already carried out, only the ack is owed
+    expires: float
+
+
+@dataclass(eq=False)
 class _Subscriber:
     topic: str
     handler: Handler
@@ -405,7 +435,7 @@ class RabbitMQTransport(Transport):
     ) -> None:
         super().__init__(options)
         self.settings = settings
-        self.connection_name = connection_name or f"skipper:{options.namespace}:{socket.gethostname()}:{os.getpid()}"
+        self.connection_name = connection_name or options.client_name(f"{socket.gethostname()}:{os.getpid()}")
         self._params = pika.URLParameters(url)
         if "heartbeat" not in url:
             self._params.heartbeat = settings.heartbeat_s
@@ -427,6 +457,8 @@ class RabbitMQTransport(Transport):
         self._keys = itertools.count()
         self._key_prefix = uuid.uuid4().hex[:12]
         self._inflight: set[asyncio.Task[None]] = set()
+        self._handling: dict[tuple[str, int], _Handling] = {}  # (message id, attempt) -> its copies
+        self._unsettled: OrderedDict[tuple[str, int], _Unsettled] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
         self._reconnect_task: asyncio.Task[None] | None = None
         self._close_task: asyncio.Future[None] | None = None
@@ -485,6 +517,38 @@ class RabbitMQTransport(Transport):
         link = self._link
         if link is not None and link.is_open:
             self._spawn(self._start_late(link, self._start_consumer, consumer))
+
+    async def attach(self, queue: str, handler: Handler, *, prefetch: int | None = None) -> None:
+        if self._closing:
+            raise Unavailable("the transport is closed", details={"transport": "rabbitmq"})
+        consumer = _Consumer(queue, handler, max(1, min(prefetch or self.options.prefetch, 65535)))
+        self._consumers.append(consumer)
+        if not self._started:
+            return  # starts with the others
+        link = self._require_link()  # if not, it starts on the reconnection
+        try:
+            await self._start_consumer(link, consumer)
+        except Exception:
+            if link.is_open and self._link is link:
+                link.abort()  # a consumer half set up: rebuild the link, which starts it afresh
+            raise
+
+    async def detach(self, queue: str) -> None:
+        gone = [c for c in self._consumers if c.queue == queue]
+        self._consumers = [c for c in self._consumers if c.queue != queue]
+        for consumer in gone:
+            channel, tag = consumer.channel, consumer.tag
+            if channel is None or tag is None or not channel.is_open:
+                continue
+            # Deliveries already here are tasks in flight: they finish and ack on this channel,
+            # which then closes (closing it first would requeue them, flagged redelivered).
+            await self._cancel_consumer(channel, tag)
+            self._spawn(self._close_when_idle(channel))
+
+    async def _close_when_idle(self, channel: _Channel) -> None:
+        # Every delivery of this channel arrived before its cancel-ok: its task is in this snapshot.
+        await asyncio.gather(*list(self._inflight), return_exceptions=True)
+        channel.close()
 
     async def request(self, queue: str, msg: Message, *, timeout: float) -> Message:
         link = self._require_link()
@@ -983,10 +1047,34 @@ class RabbitMQTransport(Transport):
             log.error("malformed message on %s, dead-lettering it raw: %r", consumer.queue, exc)
             self._track(self._dead_letter_raw(consumer, channel, method.delivery_tag, props, body))
             return
+        if msg.reply_to is None and self._take_copy(consumer, channel, method.delivery_tag, msg):
+            return
         if method.redelivered:
             # Delivered before and never acked: the consumer died (or its link did) mid-handler.
             msg.attempt += 1
         self._track(self._handle_work(consumer, channel, method.delivery_tag, props, msg, method.redelivered))
+
+    def _take_copy(self, consumer: _Consumer, channel: _Channel, tag: int, msg: Message) -> bool:
+        """Keep or settle a copy of a work message whose handling in this process is not settled yet.
+
+        When the link drops mid-handler the broker requeues the delivery and, once we are back,
+        hands it out again while the handler still runs here. That copy is parked unacknowledged
+        (not run, not counted as an attempt) until the handler finishes, and the handler's outcome
+        is settled on it; if this process dies first the broker still holds it. An outcome that
+        found no open delivery at all waits here for the copy.
+        """
+        key = (msg.id, msg.attempt)
+        handling = self._handling.get(key)
+        if handling is not None:
+            log.warning("message %s on %s came back while its handler still runs here; holding the copy until it ends",
+                        msg.id, consumer.queue, extra={"correlation_id": msg.correlation_id})
+            handling.copies.append((channel, tag))
+            return True
+        unsettled = self._unsettled.pop(key, None)
+        if unsettled is not None and unsettled.expires > time.monotonic():
+            self._track(self._settle_work(consumer.queue, unsettled.msg, unsettled.outcome, (channel, tag), _Handling()))
+            return True
+        return False
 
     def _track(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._loop is not None
@@ -1014,17 +1102,69 @@ class RabbitMQTransport(Transport):
                 )
                 await self._settle(channel, tag, self._retry(queue, msg, 0.0))
             return
-        outcome = await self.run_handler(queue, consumer.handler, msg)
         if msg.reply_to is not None:
+            outcome = await self.run_handler(queue, consumer.handler, msg)
             if outcome.reply is not None and props.reply_to:
                 self._send_reply(channel, props, outcome.reply)
             channel.ack(tag)
-        elif outcome.retry_after is not None:
-            await self._settle(channel, tag, self._retry(queue, msg.retried(), outcome.retry_after))
-        elif outcome.dead_letter:
-            await self._settle(channel, tag, self._dead_letter(queue, msg, outcome.error))
-        else:
-            channel.ack(tag)
+            return
+        key = (msg.id, msg.attempt)
+        handling = self._handling[key] = _Handling()
+        try:
+            outcome = await self.run_handler(queue, consumer.handler, msg)
+        except BaseException:
+            self._handling.pop(key, None)  # cancelled: the broker keeps every copy
+            raise
+        await self._settle_work(queue, msg, outcome, (channel, tag), handling)
+
+    async def _settle_work(
+        self, queue: str, msg: Message, outcome: HandlerOutcome | None, first: tuple[_Channel, int], handling: _Handling
+    ) -> None:
+        """Carry out a handler's outcome (retry, dead letter or nothing), then ack an open delivery of it.
+
+        The guarantee: a work message is acked only after its outcome is in the broker, and as long
+        as it is not acked the broker holds a copy (the original delivery, or the copy it handed back
+        after a link drop). So a drop at any point costs at most a second run, never the message.
+        """
+        key = (msg.id, msg.attempt)
+        step_done = outcome is None or (outcome.retry_after is None and not outcome.dead_letter)
+        try:
+            while True:
+                live = next((d for d in reversed([first, *handling.copies]) if d[0].is_open), None)
+                if live is None:
+                    break  # the link is down: the broker hands the message back (here, or elsewhere)
+                channel, tag = live
+                if not step_done:
+                    assert outcome is not None
+                    try:
+                        await self._outcome_step(queue, msg, outcome)
+                    except Exception as exc:
+                        log.warning("could not hand a failed message back to RabbitMQ (%r); it will be redelivered", exc)
+                        if not any(d[0].is_open for d in [first, *handling.copies]):
+                            break
+                        continue
+                    step_done = True
+                if channel.is_open:
+                    channel.ack(tag)
+                    for other, other_tag in handling.copies:  # copies parked on a newer link: duplicates now
+                        if other is not channel and other.is_open:
+                            other.ack(other_tag)
+                    return
+            self._remember_unsettled(key, msg, None if step_done else outcome)
+        finally:
+            if self._handling.get(key) is handling:
+                del self._handling[key]
+
+    def _remember_unsettled(self, key: tuple[str, int], msg: Message, outcome: HandlerOutcome | None) -> None:
+        now = time.monotonic()
+        while self._unsettled and (len(self._unsettled) >= UNSETTLED_MAX or next(iter(self._unsettled.values())).expires < now):
+            self._unsettled.popitem(last=False)
+        self._unsettled[key] = _Unsettled(msg, outcome, now + UNSETTLED_TTL_S)
+
+    def _outcome_step(self, queue: str, msg: Message, outcome: HandlerOutcome) -> Coroutine[Any, Any, None]:
+        if outcome.retry_after is not None:
+            return self._retry(queue, msg.retried(), outcome.retry_after)
+        return self._dead_letter(queue, msg, outcome.error)
 
     async def _settle(self, channel: _Channel, tag: int, step: Coroutine[Any, Any, None]) -> None:
         """Run a retry or dead-letter step, then ack; if the delivery is already void, do neither."""

@@ -199,7 +199,7 @@ class ApiService:
     async def _request_rows(self, model: str, rows: list[list[float]], correlation_id: str) -> dict[str, Any]:
         msg = Message(type=contracts.PREDICT_REQUEST, body={"model": model, "instances": rows},
                       correlation_id=correlation_id)
-        reply = await self._bus.request(contracts.PREDICT, msg, timeout=self._settings.http.predict_timeout_s)
+        reply = await self._bus.request(contracts.predict_queue(model), msg, timeout=self._settings.http.predict_timeout_s)
         return reply.data
 
     # --- audit ----------------------------------------------------------------------------

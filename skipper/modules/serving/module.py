@@ -20,44 +20,14 @@ from skipper.core.module import Module
 from skipper.core.settings import Settings
 from skipper.modules.serving import store
 from skipper.modules.serving.batching import Batcher, rows_from_instances
+from skipper.modules.serving.memory import Footprint, MemoryGuard, footprint
 from skipper.modules.serving.predictor import Predictor, resolve_predictor
+from skipper.modules.serving.release import Release, supersedes
 
 log = logging.getLogger("skipper.serving")
 
 SERVED = Counter("skipper_served_predictions_total", "Predict requests this server answered", ["model"])
 SERVED_VERSION = Gauge("skipper_served_model_version", "The model version this server serves", ["model"])
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """One version of a model as the registry announces it (`model.published` headers)."""
-
-    model: str
-    version: int
-    sha256: str
-    size: int
-    seq: int
-    metadata: dict[str, Any]
-    signature: str = ""
-
-    @classmethod
-    def parse(cls, fields: dict[str, Any]) -> Release:
-        """Validate an announcement; anything malformed is an `ArtifactRejected`."""
-        try:
-            release = cls(
-                model=store.check_model_name(fields["model"]),
-                version=_int(fields["version"]),
-                sha256=str(fields["sha256"]).lower(),
-                size=_int(fields.get("size", 0)),
-                seq=_int(fields["seq"]),
-                metadata=dict(fields.get("metadata") or {}),
-                signature=str(fields.get(signing.HEADER) or ""),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactRejected(f"malformed model announcement: {exc!r}") from None
-        if len(release.sha256) != 64 or any(c not in "0123456789abcdef" for c in release.sha256):
-            raise ArtifactRejected(f"malformed sha256 {release.sha256!r}")
-        return release
 
 
 @dataclass(slots=True)
@@ -68,6 +38,7 @@ class Loaded:
     predictor: Predictor
     batcher: Batcher
     directory: Path
+    footprint: Footprint
 
     @property
     def version(self) -> int:
@@ -84,32 +55,49 @@ class ServingModule(Module):
         self._bus = bus
         self._events = events
         self._models: dict[str, Loaded] = {}
+        self._retiring: list[Loaded] = []  # swapped out, finishing their requests: still in memory
+        self._loading: dict[str, Footprint] = {}  # model -> the version being loaded now
+        self._guard = MemoryGuard.from_settings(settings.serving)
         self._locks: dict[str, asyncio.Lock] = {}
         self._catch_up_task: asyncio.Task[None] | None = None
         self._catch_up_again = False
+        self._resync_task: asyncio.Task[None] | None = None
+        self._refused: set[tuple[str, str, int]] = set()  # (model, sha256, seq) installs rejected: not retried
         self._background: set[asyncio.Task[None]] = set()
+        self._attached: set[str] = set()  # models whose predict queue this server consumes
         self._ready = False
+        self._draining = False
 
     # --- Module ----------------------------------------------------------------------------
 
     def register(self, bus: Transport) -> None:
-        serving = self._settings.serving
         bus.subscribe(contracts.MODEL_PUBLISHED, self.on_published)
-        # Many requests in flight at once is what lets the batcher merge them.
-        bus.consume(contracts.PREDICT, self.on_predict, prefetch=max(self._settings.bus.prefetch, 2 * serving.max_batch_size))
         bus.on_connected(self.catch_up)
+        # No predict consumer yet: each model's queue is consumed once a version of it is loaded.
+
+    async def drain(self) -> None:
+        """Shutdown began: not ready, and no new predict requests (those taken are answered before the bus closes)."""
+        self._draining = True
+        if self._resync_task is not None:
+            self._resync_task.cancel()
+        for model in sorted(self._attached):
+            try:
+                await self._bus.detach(contracts.predict_queue(model))
+            except Exception:
+                log.warning("could not stop consuming predict requests for %s", model, exc_info=True)
+        self._attached.clear()
 
     async def stop(self) -> None:
-        for task in [self._catch_up_task, *self._background]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*[t for t in [self._catch_up_task, *self._background] if t], return_exceptions=True)
+        tasks = [t for t in [self._resync_task, self._catch_up_task, *self._background] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for loaded in self._models.values():
             await loaded.batcher.drained()
             await asyncio.to_thread(store.remove, loaded.directory)
 
     def ready(self) -> bool:
-        return self._ready
+        return self._ready and not self._draining
 
     def readiness(self) -> dict[str, Any]:
         return {"models": {name: loaded.version for name, loaded in self._models.items()}}
@@ -162,9 +150,10 @@ class ServingModule(Module):
             await self.install(release, data, correlation_id=msg.correlation_id, task_id=task_id)
         except ArtifactRejected:
             pass  # reported by install; the old version keeps serving
-        except SkipperError as exc:  # registry unreachable for the bytes: the next catch-up installs it
-            log.warning("could not fetch %s v%d: %s", release.model, release.version, exc,
-                        extra={"correlation_id": msg.correlation_id})
+        except SkipperError as exc:  # registry unreachable for the bytes: catch up (with backoff) until it answers
+            log.warning("could not fetch %s v%d (%s); catching up with the registry", release.model, release.version,
+                        exc, extra={"correlation_id": msg.correlation_id})
+            await self.catch_up()
 
     async def install(self, release: Release, data: bytes | None = None, *, correlation_id: str | None = None,
                       task_id: str | None = None) -> bool:
@@ -175,16 +164,24 @@ class ServingModule(Module):
         """
         async with self._locks.setdefault(release.model, asyncio.Lock()):
             current = self._models.get(release.model)
-            if current is not None and not _supersedes(release, current.release):
+            if current is not None and not supersedes(release, current.release):
                 log.info("ignoring %s v%d (seq %d): serving v%d (seq %d)", release.model, release.version,
                          release.seq, current.version, current.release.seq, extra={"correlation_id": correlation_id})
                 return False
+            refused = (release.model, release.sha256, release.seq)
+            if refused in self._refused:
+                return False  # rejected before (and reported): a periodic re-check must not retry it
             started = time.perf_counter()
+            needs = footprint(release.metadata, release.size)
             try:
                 signing.verify(self._settings.bus.signing_key, asdict(release))
                 if release.size > self._settings.serving.max_artifact_bytes:
                     raise ArtifactRejected(f"artifact is {release.size} bytes, over the limit",
                                            details={"limit": self._settings.serving.max_artifact_bytes})
+                # Before fetching: a version that cannot fit is refused without moving its bytes.
+                self._guard.check(release.model, release.version, needs, held=self._held(),
+                                  loading=list(self._loading.values()))
+                self._loading[release.model] = needs
                 if data is None:
                     data = await self._fetch(release, correlation_id)
                 factory = resolve_predictor(self._settings, release.model)
@@ -193,9 +190,14 @@ class ServingModule(Module):
                     seq=release.seq, settings=self._settings, factory=factory,
                 )
             except ArtifactRejected as exc:
+                self._refused.add(refused)
                 await self._rejected(release.model, release.version, release.sha256, exc, correlation_id, task_id)
                 raise
-            inline = self._swap(release, prepared)
+            finally:
+                self._loading.pop(release.model, None)
+                data = None  # the archive's bytes are not needed once extracted and loaded
+            inline = self._swap(release, prepared, needs)
+        await self._serve_requests_for(release.model)
         took_ms = round((time.perf_counter() - started) * 1000, 1)
         log.info("installed %s v%d (seq %d) in %.0f ms %s; full batch %.2f ms, run %s", release.model,
                  release.version, release.seq, took_ms, prepared.timings, prepared.batch_ms,
@@ -204,7 +206,10 @@ class ServingModule(Module):
                                  version=release.version, sha256=release.sha256, took_ms=took_ms)
         return True
 
-    def _swap(self, release: Release, prepared: store.Prepared) -> bool:
+    def _held(self) -> list[Footprint]:
+        return [loaded.footprint for loaded in (*self._models.values(), *self._retiring)]
+
+    def _swap(self, release: Release, prepared: store.Prepared, needs: Footprint) -> bool:
         serving = self._settings.serving
         inline = prepared.batch_ms <= store.INLINE_BUDGET_MS
         batcher = Batcher(prepared.predictor.predict, max_rows=serving.max_batch_size,
@@ -212,15 +217,33 @@ class ServingModule(Module):
         old = self._models.get(release.model)
         # The swap: one reference assignment on the loop. Requests that already looked up
         # `old` finish on it; every later lookup sees the new version.
-        self._models[release.model] = Loaded(release, prepared.predictor, batcher, prepared.directory)
+        self._models[release.model] = Loaded(release, prepared.predictor, batcher, prepared.directory, needs)
         SERVED_VERSION.labels(release.model).set(release.version)
         if old is not None:
+            self._retiring.append(old)
             self._spawn(self._retire(old))
         return inline
 
+    async def _serve_requests_for(self, model: str) -> None:
+        """Consume the model's predict queue from now on (once per model): only servers holding it take its requests."""
+        if model in self._attached or self._draining:
+            return
+        self._attached.add(model)
+        serving = self._settings.serving
+        # Many requests in flight at once is what lets the batcher merge them.
+        prefetch = max(self._settings.bus.prefetch, 2 * serving.max_batch_size)
+        try:
+            await self._bus.attach(contracts.predict_queue(model), self.on_predict, prefetch=prefetch)
+        except SkipperError as exc:  # registered all the same: it starts when the broker is back
+            log.warning("predict requests for %s will be taken once the broker is back: %s", model, exc)
+
     async def _retire(self, old: Loaded) -> None:
-        await old.batcher.drained()
-        await asyncio.to_thread(store.remove, old.directory)
+        """Release a swapped-out version once its last requests are answered: nothing may keep a reference."""
+        try:
+            await old.batcher.drained()
+            await asyncio.to_thread(store.remove, old.directory)
+        finally:
+            self._retiring.remove(old)
         del old
         await asyncio.to_thread(store.recollect)
 
@@ -242,11 +265,25 @@ class ServingModule(Module):
     # --- catch-up ------------------------------------------------------------------------
 
     async def catch_up(self) -> None:
-        """Connection listener: reconcile with the registry in the background (never blocks start)."""
+        """Reconcile with the registry in the background (never blocks start).
+
+        Runs on every (re)connection, after an install that failed for want of the registry, and
+        every `serving.resync_s`: a missed or failed announcement heals without a reconnect.
+        """
+        if self._draining:
+            return
+        if self._resync_task is None:
+            self._resync_task = asyncio.create_task(self._resync_loop(), name="skipper.serving.resync")
         if self._catch_up_task is not None and not self._catch_up_task.done():
             self._catch_up_again = True  # reconnected mid catch-up: go round once more
             return
         self._catch_up_task = asyncio.create_task(self._catch_up_loop(), name="skipper.serving.catch_up")
+
+    async def _resync_loop(self) -> None:
+        while not self._draining:
+            await asyncio.sleep(self._settings.serving.resync_s)
+            if self._catch_up_task is None or self._catch_up_task.done():  # one already running covers it
+                await self.catch_up()
 
     async def _catch_up_loop(self) -> None:
         attempt = 0
@@ -292,16 +329,3 @@ class ServingModule(Module):
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def _supersedes(new: Release, current: Release) -> bool:
-    """Deployment order is `seq` (a rollback is an older version with a newer seq)."""
-    if new.seq != current.seq:
-        return new.seq > current.seq
-    return new.sha256 != current.sha256
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise TypeError("expected an integer, got a boolean")
-    return int(value)

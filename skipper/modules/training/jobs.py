@@ -56,6 +56,7 @@ class TrainResult:
     classes: list[str] | None
     metrics: dict[str, Any] = field(default_factory=dict)
     cancelled: bool = False
+    parameters: int | None = None  # the model's parameter count: servers size their memory by it
 
 
 Trainer = Callable[[TrainJob], TrainResult]

@@ -89,7 +89,7 @@ def train(job: TrainJob) -> TrainResult:
     metrics = evaluate(model, data, x_test, y_test, classification)
     metrics["epochs_trained"] = progress.epochs_done
     model.save(job.model_path)
-    return TrainResult(data.features, data.targets, data.classes, metrics)
+    return TrainResult(data.features, data.targets, data.classes, metrics, parameters=int(model.count_params()))
 
 
 def build_model(

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,15 @@ def configure_tensorflow(training: TrainingSettings) -> None:
             log.warning("could not set TensorFlow thread counts", exc_info=True)
 
 
+@dataclass(slots=True)
+class _Run:
+    """A task training in this process: its stop signal, and whether (and how) the run is over."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    over: asyncio.Event = field(default_factory=asyncio.Event)
+    completed: bool = False  # the run ended with an outcome for the task (not with an exception)
+
+
 @dataclass(frozen=True, slots=True)
 class _Packaged:
     archive: bytes
@@ -85,7 +94,7 @@ class TrainingModule(Module):
             initializer=configure_tensorflow,
             initargs=(settings.training,),
         )
-        self._running: dict[str, threading.Event] = {}  # task id -> its stop signal
+        self._running: dict[str, _Run] = {}  # task id -> the run training it here
         self._stopping = False
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -98,8 +107,8 @@ class TrainingModule(Module):
     async def stop(self) -> None:
         """Interrupt running trainings at their next batch; their commands go back to the bus."""
         self._stopping = True
-        for stop in self._running.values():
-            stop.set()
+        for run in self._running.values():
+            run.stop.set()
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     def ready(self) -> bool:
@@ -112,10 +121,10 @@ class TrainingModule(Module):
 
     async def _on_cancel(self, msg: Message) -> Message | None:
         task_id = msg.data.get("task_id") if isinstance(msg.body, dict) else None
-        stop = self._running.get(task_id) if isinstance(task_id, str) else None
-        if stop is not None:
+        run = self._running.get(task_id) if isinstance(task_id, str) else None
+        if run is not None:
             log.info("cancelling task %s", task_id, extra={"correlation_id": msg.correlation_id})
-            stop.set()
+            run.stop.set()
         return None
 
     async def _on_train(self, msg: Message) -> Message | None:
@@ -127,14 +136,22 @@ class TrainingModule(Module):
             return None
         cid = msg.correlation_id or task_id
         extra = {"correlation_id": cid}
+        while (running := self._running.get(task_id)) is not None:
+            # A second command for a task training here (e.g. re-sent after a broker drop). Acking
+            # it now would leave the run in progress as the task's only hope: if this process died,
+            # nothing would bring the task back. Held unacknowledged, it goes back to the queue if we
+            # die. A run that ends with an outcome (its artifact, its failure report, a cancel) makes
+            # this one redundant; a run that raised did not finish the task, so this one goes on.
+            log.warning("task %s is already training here; holding this command until that run ends", task_id,
+                        extra=extra)
+            await running.over.wait()
+            if running.completed:
+                return None
         if self._stopping:
             raise Unavailable("the trainer is stopping; the command goes back to the queue")
-        if task_id in self._running:
-            log.warning("task %s is already training here; dropping the duplicate", task_id, extra=extra)
-            return None
         # Registered before the claim, so a cancel that races the claim is not lost.
-        stop = threading.Event()
-        self._running[task_id] = stop
+        run = _Run()
+        self._running[task_id] = run
         try:
             claim = Message(
                 type=contracts.TASK_CLAIM,
@@ -144,11 +161,14 @@ class TrainingModule(Module):
             reply = await self._bus.request(contracts.REGISTRY, claim, timeout=self._settings.bus.request_timeout_s)
             if not reply.data.get("proceed"):
                 log.info("task %s is not to run (cancelled or finished); skipping", task_id, extra=extra)
+                run.completed = True
                 return None
-            await self._train(task_id, cid, body, msg.attempt, stop)
+            await self._train(task_id, cid, body, msg.attempt, run.stop)
+            run.completed = True
             return None
         finally:
             self._running.pop(task_id, None)
+            run.over.set()
 
     async def _train(self, task_id: str, cid: str, body: dict[str, Any], attempt: int, stop: threading.Event) -> None:
         extra = {"correlation_id": cid}
@@ -304,6 +324,7 @@ class TrainingModule(Module):
                 metrics=result.metrics,
                 params=params.model_dump(mode="json"),
                 task_id=task_id,
+                parameters=result.parameters,
             )
             archive, sha256, metadata = packaging.package(model_path, metadata)
         return _Packaged(archive, sha256, metadata)

@@ -68,9 +68,10 @@ def build_metadata(
     metrics: dict[str, Any],
     params: dict[str, Any],
     task_id: str,
+    parameters: int | None = None,
     created_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The `skipper.json` document."""
+    """The `skipper.json` document (`parameters`: the model's parameter count, when the trainer gave it)."""
     return {
         "name": name,
         "workflow": workflow,
@@ -83,12 +84,18 @@ def build_metadata(
         "library_versions": library_versions(),
         "created_at": (created_at or datetime.now(UTC)).isoformat(),
         "task_id": task_id,
+        "parameters": parameters,
     }
 
 
 def package(model_path: Path, metadata: dict[str, Any]) -> tuple[bytes, str, dict[str, Any]]:
-    """Archive the saved model and its metadata: (archive bytes, sha256 hex, metadata)."""
+    """Archive the saved model and its metadata: (archive bytes, sha256 hex, metadata).
+
+    The metadata gains `model_bytes`, the size of `model.keras`, which servers use with
+    `parameters` to size a version's memory before loading it.
+    """
     model_bytes = model_path.read_bytes()
+    metadata = {**metadata, "model_bytes": len(model_bytes)}
     meta_bytes = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False).encode("utf-8")
     buf = io.BytesIO()
     # mtime=0 and fixed tar headers: the archive's bytes depend on the members' bytes only.
