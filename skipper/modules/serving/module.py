@@ -168,13 +168,18 @@ class ServingModule(Module):
                 log.info("ignoring %s v%d (seq %d): serving v%d (seq %d)", release.model, release.version,
                          release.seq, current.version, current.release.seq, extra={"correlation_id": correlation_id})
                 return False
+            try:
+                # First, and never remembered as refused: a forged announcement must not shadow the genuine one.
+                signing.verify(self._settings.bus.signing_key, asdict(release))
+            except ArtifactRejected as exc:
+                await self._rejected(release.model, release.version, release.sha256, exc, correlation_id, task_id)
+                raise
             refused = (release.model, release.sha256, release.seq)
             if refused in self._refused:
                 return False  # rejected before (and reported): a periodic re-check must not retry it
             started = time.perf_counter()
             needs = footprint(release.metadata, release.size)
             try:
-                signing.verify(self._settings.bus.signing_key, asdict(release))
                 if release.size > self._settings.serving.max_artifact_bytes:
                     raise ArtifactRejected(f"artifact is {release.size} bytes, over the limit",
                                            details={"limit": self._settings.serving.max_artifact_bytes})
