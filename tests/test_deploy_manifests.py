@@ -375,7 +375,8 @@ def test_every_skipper_pod_terminates_gracefully(target: str) -> None:
 
 def test_prometheus_scrapes_the_route_skipper_serves_metrics_on(target: str) -> None:
     objs = render(target)
-    served = {route.path for route in create_app(settings=load_settings(environ={}), role="api", modules=[]).routes if isinstance(route, Route)}
+    app = create_app(settings=load_settings(environ={}), role="api", modules=[])
+    served = {route.path for route in app.routes if isinstance(route, Route)}
     annotated = {}
     for name, w in skipper_workloads(objs).items():
         annotations = w["spec"]["template"]["metadata"].get("annotations", {})
