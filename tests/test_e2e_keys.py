@@ -63,8 +63,8 @@ async def test_scoped_keys_train_serve_predict_and_roll_back_and_wrong_keys_are_
         await asyncio.sleep(0.05)
     assert predicted.status_code == 200 and len(predicted.json()["predictions"]) == 1, predicted.text
     assert (await client.post("/models/diabetes/predict", json={"instances": [ROW]}, headers=train)).status_code == 403
-    original = await client.post("/tasks/diabetes/task_predict", json={"payload": ROW}, headers=predict)
-    assert original.status_code == 200 and original.json()["task_status"] == "SUCCESS"
+    original = await client.post("/tasks/diabetes/execute_sync", json={"payload": "", "data": ROW}, headers=predict)
+    assert original.status_code == 202 and original.json()["task_status"] == "Success"
 
     # roll back and download: only with the deploy key
     assert (await client.post("/models/diabetes/versions/1/deploy", headers=read)).status_code == 403

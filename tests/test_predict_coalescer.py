@@ -19,7 +19,8 @@ class FakeBus:
         self._delay = delay
         self._fail = fail
 
-    async def send(self, model: str, rows: list[list[float]], correlation_id: str) -> dict[str, Any]:
+    async def send(self, model: str, rows: list[list[float]], correlation_id: str,
+                   version: int | None = None) -> dict[str, Any]:
         self.sent.append(rows)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)

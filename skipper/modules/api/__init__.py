@@ -16,9 +16,11 @@ from skipper.core.routing import Endpoint, RouteGroup
 from skipper.core.settings import Settings
 from skipper.modules.api.artifacts import ArtifactStore
 from skipper.modules.api.legacy import LegacyRoutes
+from skipper.modules.api.oip import OipRoutes
 from skipper.modules.api.registry import RegistryService
 from skipper.modules.api.routes import ApiRoutes
 from skipper.modules.api.service import ApiService
+from skipper.modules.api.tfserving import TfServingRoutes
 
 log = logging.getLogger("skipper.api")
 
@@ -35,7 +37,9 @@ class ApiModule(Module):
         self.service = ApiService(settings=settings, bus=bus, events=events, tasks=tasks, registry=registry, store=store,
                                   announcer=self.registry)
         self._api = ApiRoutes(self.service)
-        self._legacy = LegacyRoutes(self.service, settings.http.max_json_depth)
+        self._legacy = LegacyRoutes(self.service, settings.http.max_json_depth, settings.compat.default_workflow)
+        self._oip = OipRoutes(self.service, settings.http.max_instances)
+        self._tfserving = TfServingRoutes(self.service, settings.http.max_instances)
 
     def register(self, bus: Transport) -> None:
         self.registry.register(bus)
@@ -51,7 +55,8 @@ class ApiModule(Module):
         self.service.schemas.update(str(msg.headers.get("model")), msg.headers.get("metadata") or {})
 
     def routes(self) -> Sequence[Endpoint | RouteGroup]:
-        return self._api.routes() + self._legacy.routes()
+        # The original's `tasks/execute_*` before `tasks/{task_id}`: Starlette tries routes in order.
+        return [*self._legacy.routes(), *self._api.routes(), *self._oip.routes(), *self._tfserving.routes()]
 
     def ready(self) -> bool:
         return self._bus.connected
