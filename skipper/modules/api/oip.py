@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from skipper import __version__
@@ -23,6 +24,7 @@ from skipper.modules.api.service import ApiService
 
 PLATFORM = "keras"
 BINARY_HEADER = "inference-header-content-length"
+BINARY_REFUSED = "binary tensor data is not supported; send the tensors as JSON (binary_data=False)"
 
 
 class ServerMetadata(BaseModel):
@@ -114,10 +116,10 @@ class OipRoutes:
         return [RouteGroup("/v2", [
             Endpoint("POST", "/models/{model}/infer", self.infer, scope="predict", path_params=ModelPath,
                      body=InferRequest, body_required=True, validate_body=False, responses={200: InferResponse},
-                     errors=_ERRORS, tags=tags, summary=infer),
+                     errors=_ERRORS, tags=tags, summary=infer, precheck=_no_binary_body),
             Endpoint("POST", "/models/{model}/versions/{version}/infer", self.infer, scope="predict",
                      path_params=VersionPath, body=InferRequest, body_required=True, validate_body=False,
-                     responses={200: InferResponse}, errors=_ERRORS, tags=tags, summary=infer),
+                     responses={200: InferResponse}, errors=_ERRORS, tags=tags, summary=infer, precheck=_no_binary_body),
             Endpoint("GET", "", self.server_metadata, scope="predict", responses={200: ServerMetadata}, tags=tags,
                      summary="Server name, version and protocol extensions (none: tensors are JSON)."),
             Endpoint("GET", "/health/live", self.live, scope="open", responses={200: Live}, tags=tags,
@@ -183,8 +185,6 @@ class OipRoutes:
         model, version = call.path.model, _version(call.path)
         body = call.body
         try:
-            if call.request.headers.get(BINARY_HEADER) is not None:
-                raise BadRequest("binary tensor data is not supported; send the tensors as JSON (binary_data=False)")
             request_id, rows, wanted = _parse(body, len(await self._service.features(model, version)),
                                               self._max_instances)
         except SkipperError as exc:
@@ -201,6 +201,12 @@ class OipRoutes:
         answer["outputs"] = [{"name": t.name, "datatype": t.datatype, "shape": t.shape, "data": t.flat()}
                              for t in outputs]
         return JSONResponse(answer)
+
+
+def _no_binary_body(request: Request) -> None:
+    """A body with binary tensor data announces its JSON part's length in this header: refuse it before parsing."""
+    if request.headers.get(BINARY_HEADER) is not None:
+        raise BadRequest(BINARY_REFUSED)
 
 
 def _version(path: ModelPath | VersionPath) -> int | None:
@@ -221,7 +227,7 @@ def _parse(body: Any, width: int, max_rows: int) -> tuple[str | None, list[list[
     what = f"input {tensor.get('name')!r}"
     parameters = tensor.get("parameters")
     if isinstance(parameters, dict) and "binary_data_size" in parameters:
-        raise BadRequest("binary tensor data is not supported; send the tensors as JSON (binary_data=False)")
+        raise BadRequest(BINARY_REFUSED)
     if "data" not in tensor:
         raise BadRequest(f"{what} has no data")
     rows = tensors.matrix(tensor["data"], tensor.get("datatype"), tensor.get("shape"), width, max_rows, what)
