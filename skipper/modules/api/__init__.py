@@ -12,7 +12,7 @@ from skipper.core.events import EventEmitter
 from skipper.core.messages import Message
 from skipper.core.module import Module
 from skipper.core.repositories import ModelRegistry, TaskRepository
-from skipper.core.routing import Endpoint, RouteGroup
+from skipper.core.routing import API_BASE, Endpoint, RouteGroup
 from skipper.core.settings import Settings
 from skipper.modules.api.artifacts import ArtifactStore
 from skipper.modules.api.legacy import LegacyRoutes
@@ -55,8 +55,19 @@ class ApiModule(Module):
         self.service.schemas.update(str(msg.headers.get("model")), msg.headers.get("metadata") or {})
 
     def routes(self) -> Sequence[Endpoint | RouteGroup]:
-        # The original's `tasks/execute_*` before `tasks/{task_id}`: Starlette tries routes in order.
-        return [*self._legacy.routes(), *self._api.routes(), *self._oip.routes(), *self._tfserving.routes()]
+        # Starlette tries routes in order: every protocol's predict route first (the hot path), and the
+        # original's `tasks/execute_*` before `tasks/{task_id}`.
+        native, legacy = self._api.routes(), self._legacy.routes()
+        protocols = [*self._oip.routes(), *self._tfserving.routes()]
+        hot = [RouteGroup(g.prefix, [e for e in g.endpoints if _predicts(e)], g.errors)
+               for g in [RouteGroup(API_BASE, native), *protocols, RouteGroup(API_BASE, legacy)]]
+        rest = [RouteGroup(g.prefix, [e for e in g.endpoints if not _predicts(e)], g.errors)
+                for g in [RouteGroup(API_BASE, [*legacy, *native]), *protocols]]
+        return [g for g in hot + rest if g.endpoints]
 
     def ready(self) -> bool:
         return self._bus.connected
+
+
+def _predicts(endpoint: Endpoint) -> bool:
+    return endpoint.method == "POST" and endpoint.scope == "predict"

@@ -116,10 +116,28 @@ def matrix(data: Any, datatype: Any, shape: Any, width: int, max_rows: int, what
     flat = _flatten(data, what)
     if len(flat) != n * width:
         raise BadRequest(f"{what}: data has {len(flat)} elements; shape {shape} needs {n * width}")
-    check = _integer if datatype in _INT_RANGE else _real
     limit = _INT_RANGE.get(datatype, _FP32_MAX if datatype == "FP32" else math.inf)
-    values = [check(v, limit, datatype, what) for v in flat]
+    values = _fast(flat, datatype, limit)
+    if values is None:  # something is wrong: find it, value by value, and say what
+        check = _integer if datatype in _INT_RANGE else _real
+        values = [check(v, limit, datatype, what) for v in flat]
     return [values[i : i + width] for i in range(0, len(values), width)]
+
+
+def _fast(flat: list[Any], datatype: str, limit: float) -> list[float] | None:
+    """The values as floats when all are valid (checked a whole list at a time), else None."""
+    integer = datatype in _INT_RANGE
+    allowed = (int,) if integer else (int, float)  # by exact type: a bool is not a number here
+    if not all(type(v) in allowed for v in flat):
+        return None
+    try:
+        values = [float(v) for v in flat]
+    except OverflowError:
+        return None
+    if integer:
+        return values if -limit <= min(flat) and max(flat) < limit else None
+    largest = max(map(abs, values))
+    return values if largest <= limit and largest != math.inf else None
 
 
 def _is_class(value: Any) -> bool:
