@@ -7,7 +7,7 @@ bare endpoint measured in the same run. Machines are shared and noisy: compare r
 
     python benchmarks/predict.py                         # memory + bare
     python benchmarks/predict.py --variants memory,rabbitmq,rabbitmq-2,bare --duration 8
-    python benchmarks/predict.py --variants memory --protocols native,oip,tfserving --concurrency 64
+    python benchmarks/predict.py --variants memory --protocols native,oip,tfserving --concurrency 64 --rounds 4
 
 `--protocols` also drives each Skipper deployment through the Open Inference Protocol
 (`POST /v2/models/diabetes/infer`) and TensorFlow Serving's REST API (`POST /v1/models/diabetes:predict`),
@@ -213,6 +213,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rows", type=int, default=1, help="instances per request")
     parser.add_argument("--protocols", default="native", help="comma-separated: native, oip, tfserving")
+    parser.add_argument("--rounds", type=int, default=1, help="measurements per variant and level, interleaved "
+                                                                 "(averaged: req/s and p50; p99 is the worst)")
     args = parser.parse_args()
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     if unknown := set(protocols) - set(PROTOCOLS):
@@ -241,11 +243,18 @@ def main() -> None:
                     name = variant if protocol == "native" else f"{variant}/{protocol}"
                     targets.append((name, url, lua))
                 for c in levels:
-                    for name, url, lua in targets:  # back to back at each level: the same noise for each
-                        rps, p50, p99, errors = run_wrk(url, c, args.duration, lua)
-                        results.append(Result(name, c, rps, p50, p99, errors))
-                        print(f"  {name:<22} c={c:<3} {rps:>9.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:7.2f} ms"
-                              f"  errors {errors}", file=sys.stderr, flush=True)
+                    # Interleaved in rounds at each level, so drifting load on a shared machine hits each alike.
+                    rounds: dict[str, list[tuple[float, float, float, int]]] = {name: [] for name, _, _ in targets}
+                    for _ in range(args.rounds):
+                        for name, url, lua in targets:
+                            rps, p50, p99, errors = run_wrk(url, c, args.duration, lua)
+                            rounds[name].append((rps, p50, p99, errors))
+                            print(f"  {name:<22} c={c:<3} {rps:>9.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:7.2f} ms"
+                                  f"  errors {errors}", file=sys.stderr, flush=True)
+                    for name, runs in rounds.items():
+                        n = len(runs)
+                        results.append(Result(name, c, sum(r[0] for r in runs) / n, sum(r[1] for r in runs) / n,
+                                              max(r[2] for r in runs), sum(r[3] for r in runs)))
     finally:
         procs.stop_all()
     print_table(results, levels)
