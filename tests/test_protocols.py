@@ -286,3 +286,23 @@ async def test_tf_serving_status_metadata_and_errors(api: Api) -> None:
     string_error(await c.post("/v1/models/diabetes/versions/1:predict", json={"instances": ROWS}), 503)
     string_error(await c.post("/v1/models/breast_cancer:predict", json={"instances": [[0.0] * 30]}), 503)
     string_error(await c.get("/v1/models/diabetes:predict"), 404)
+
+
+# --- predictions as tensors, for every kind of model ----------------------------------------------
+
+
+def test_several_targets_become_side_by_side_columns_in_the_order_the_server_answered() -> None:
+    from skipper.modules.api.tensors import output_specs, to_tensors
+
+    regression = to_tensors([{"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 4.0}])
+    assert [(t.name, t.shape, t.flat()) for t in regression] == [("predictions", [2, 2], [1.0, 2.0, 3.0, 4.0])]
+    heads = {"colour": {"label": "red", "probabilities": {"red": 0.9, "blue": 0.1}},
+             "size": {"label": "L", "probabilities": {"S": 0.2, "M": 0.3, "L": 0.5}}}
+    probabilities, label = to_tensors([heads])
+    assert (probabilities.shape, probabilities.flat()) == ([1, 5], [0.9, 0.1, 0.2, 0.3, 0.5])
+    assert (label.datatype, label.shape, label.flat()) == ("BYTES", [1, 2], ["red", "L"])
+    metadata = {"kind": "classification", "targets": ["colour", "size"],
+                "classes": {"colour": ["red", "blue"], "size": ["S", "M", "L"]}}
+    assert [(s.name, s.shape) for s in output_specs(metadata)] == [("probabilities", [-1, 5]), ("label", [-1, 2])]
+    assert [(s.name, s.shape) for s in output_specs({"kind": "regression", "targets": ["a", "b"]})] == [
+        ("predictions", [-1, 2])]
