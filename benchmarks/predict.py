@@ -7,6 +7,12 @@ bare endpoint measured in the same run. Machines are shared and noisy: compare r
 
     python benchmarks/predict.py                         # memory + bare
     python benchmarks/predict.py --variants memory,rabbitmq,rabbitmq-2,bare --duration 8
+    python benchmarks/predict.py --variants memory --protocols native,oip,tfserving --concurrency 64 --rounds 4
+
+`--protocols` also drives each Skipper deployment through the Open Inference Protocol
+(`POST /v2/models/diabetes/infer`) and TensorFlow Serving's REST API (`POST /v1/models/diabetes:predict`),
+back to back with the native route on the same processes and model, and reports each as a
+ratio to the native route of that deployment (`vs native`).
 """
 
 from __future__ import annotations
@@ -38,6 +44,20 @@ BROKERS = {
     "dramatiq-rabbitmq": ("dramatiq", "amqp://guest:guest@127.0.0.1:5672/%2F"),
     "dramatiq-redis": ("dramatiq", "redis://127.0.0.1:6379/14"),
 }
+
+
+PROTOCOLS = ("native", "oip", "tfserving")
+
+
+def protocol_request(protocol: str, predict_url: str, rows: int) -> tuple[str, dict[str, object]]:
+    """The URL and body of one prediction of `rows` rows through `protocol`, given the native predict URL."""
+    root = predict_url.split(BASE, 1)[0]
+    if protocol == "oip":
+        return f"{root}/v2/models/diabetes/infer", {"inputs": [
+            {"name": "input", "shape": [rows, len(ROW)], "datatype": "FP32", "data": ROW * rows}]}
+    if protocol == "tfserving":
+        return f"{root}/v1/models/diabetes:predict", {"instances": [ROW] * rows}
+    return predict_url, {"instances": [ROW] * rows}
 
 
 @dataclass
@@ -192,7 +212,13 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rows", type=int, default=1, help="instances per request")
+    parser.add_argument("--protocols", default="native", help="comma-separated: native, oip, tfserving")
+    parser.add_argument("--rounds", type=int, default=1, help="measurements per variant and level, interleaved "
+                                                                 "(averaged: req/s and p50; p99 is the worst)")
     args = parser.parse_args()
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    if unknown := set(protocols) - set(PROTOCOLS):
+        sys.exit(f"unknown protocol {sorted(unknown)[0]!r}; choose among {', '.join(PROTOCOLS)}")
     if shutil.which("wrk") is None:
         sys.exit("wrk is required: apt-get install wrk")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -201,21 +227,34 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="skipper-bench-"))
     artifact = workdir / "diabetes.tar.gz"
-    lua = workdir / "post.lua"
-    body = json.dumps({"instances": [ROW] * args.rows})
-    lua.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n')
     procs = Processes(workdir)
     results: list[Result] = []
     try:
         for variant in variants:
-            with deployment(variant, procs, workdir, args.epochs, artifact) as url:
-                status, reply = http("POST", url, json.loads(body))
-                assert status == 200, reply
+            with deployment(variant, procs, workdir, args.epochs, artifact) as predict_url:
+                targets = []
+                for protocol in ["native"] if variant == "bare" else protocols:
+                    url, body = protocol_request(protocol, predict_url, args.rows)
+                    status, reply = http("POST", url, body)
+                    assert status == 200, reply
+                    lua = workdir / f"post-{protocol}.lua"
+                    lua.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
+                                   'wrk.headers["Content-Type"] = "application/json"\n')
+                    name = variant if protocol == "native" else f"{variant}/{protocol}"
+                    targets.append((name, url, lua))
                 for c in levels:
-                    rps, p50, p99, errors = run_wrk(url, c, args.duration, lua)
-                    results.append(Result(variant, c, rps, p50, p99, errors))
-                    print(f"  {variant:<18} c={c:<3} {rps:>9.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:7.2f} ms"
-                          f"  errors {errors}", file=sys.stderr, flush=True)
+                    # Interleaved in rounds at each level, so drifting load on a shared machine hits each alike.
+                    rounds: dict[str, list[tuple[float, float, float, int]]] = {name: [] for name, _, _ in targets}
+                    for _ in range(args.rounds):
+                        for name, url, lua in targets:
+                            rps, p50, p99, errors = run_wrk(url, c, args.duration, lua)
+                            rounds[name].append((rps, p50, p99, errors))
+                            print(f"  {name:<22} c={c:<3} {rps:>9.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:7.2f} ms"
+                                  f"  errors {errors}", file=sys.stderr, flush=True)
+                    for name, runs in rounds.items():
+                        n = len(runs)
+                        results.append(Result(name, c, sum(r[0] for r in runs) / n, sum(r[1] for r in runs) / n,
+                                              max(r[2] for r in runs), sum(r[3] for r in runs)))
     finally:
         procs.stop_all()
     print_table(results, levels)
@@ -224,14 +263,17 @@ def main() -> None:
 
 def print_table(results: list[Result], levels: list[int]) -> None:
     bare = {r.concurrency: r for r in results if r.variant == "bare"}
-    print("\n| variant | concurrency | req/s | p50 ms | p99 ms | errors | req/s vs bare | p50 vs bare |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    native = {(r.variant, r.concurrency): r for r in results if "/" not in r.variant}
+    print("\n| variant | concurrency | req/s | p50 ms | p99 ms | errors | req/s vs bare | p50 vs bare | req/s vs native |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         b = bare.get(r.concurrency)
+        n = native.get((r.variant.split("/", 1)[0], r.concurrency)) if "/" in r.variant else None
         ratio_rps = f"{r.rps / b.rps:.2f}x" if b else "-"
         ratio_p50 = f"{r.p50_ms / b.p50_ms:.2f}x" if b else "-"
+        ratio_native = f"{r.rps / n.rps:.2f}x" if n else "-"
         print(f"| {r.variant} | {r.concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | "
-              f"{ratio_rps} | {ratio_p50} |")
+              f"{ratio_rps} | {ratio_p50} | {ratio_native} |")
 
 
 if __name__ == "__main__":

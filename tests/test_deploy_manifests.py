@@ -451,7 +451,10 @@ def test_ingress_routes_the_api_prefix_to_the_api_service(target: str) -> None:
     ingress = one(objs, "Ingress", "api")
     assert ingress["spec"]["ingressClassName"] == "nginx"
     paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
-    assert [(p["path"], p["pathType"]) for p in paths] == [(API_BASE, "Prefix")]
+    # the API, and the inference protocols at the root path (Open Inference Protocol, TF Serving)
+    assert [(p["path"], p["pathType"]) for p in paths] == [(API_BASE, "Prefix"), ("/v2", "Prefix"),
+                                                           ("/v1/models", "Prefix")]
+    assert len({str(p["backend"]) for p in paths}) == 1
     backend = paths[0]["backend"]["service"]
     svc = one(objs, "Service", backend["name"])
     assert backend["port"]["name"] in {p["name"] for p in svc["spec"]["ports"]}

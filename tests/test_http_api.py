@@ -1,4 +1,4 @@
-"""The api role's HTTP contract: every error case, the registry flow, cancellation, legacy routes.
+"""The api role's HTTP contract: every error case, the registry flow, cancellation, the original Skipper contract.
 
 Runs the real api module on the memory transport; the trainer and server sides are played
 by small handlers on the same bus so these tests need no TensorFlow.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -33,6 +34,13 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]
 async def register_fake_model(client: httpx.AsyncClient, runtime: Runtime, data: bytes = b"fake-archive-v1") -> str:
     """Play the trainer: queue a diabetes task, claim it, deliver an artifact; returns the task id."""
     task_id = (await client.post("/workflows/diabetes/train", json={"params": {"epochs": 1}})).json()["task_id"]
+    await deliver_artifact(client, runtime, task_id, data)
+    return task_id
+
+
+async def deliver_artifact(client: httpx.AsyncClient, runtime: Runtime, task_id: str,
+                           data: bytes = b"fake-archive-v1") -> None:
+    """Play the trainer of a queued diabetes task: claim it, deliver an artifact, wait for the task to succeed."""
     claim = await runtime.bus.request(contracts.REGISTRY, Message(type=contracts.TASK_CLAIM, body={"task_id": task_id}),
                                       timeout=5)
     assert claim.data == {"proceed": True}
@@ -42,7 +50,7 @@ async def register_fake_model(client: httpx.AsyncClient, runtime: Runtime, data:
         headers={"task_id": task_id, "model": "diabetes", "sha256": hashlib.sha256(data).hexdigest(), "metadata": metadata}))
     for _ in range(200):
         if (await client.get(f"/tasks/{task_id}")).json()["status"] == "succeeded":
-            return task_id
+            return
         await asyncio.sleep(0.02)
     raise AssertionError("task did not succeed")
 
@@ -284,25 +292,89 @@ async def test_a_train_command_that_exhausts_its_retries_fails_the_task_with_the
     assert task["error"]["code"] == "dead_lettered" and "GPU on fire" in task["error"]["message"]
 
 
-async def test_the_original_skipper_routes_keep_working(api: tuple[httpx.AsyncClient, Runtime]) -> None:
+async def test_the_original_skipper_contract_trains_polls_and_predicts(api: tuple[httpx.AsyncClient, Runtime]) -> None:
     client, runtime = api
-    queued = await client.post("/tasks/diabetes/task_training", json={"task_type": "training",
-                                                                      "payload": '{"epochs": 2}'})
-    assert queued.status_code == 202 and queued.json()["task_status"] == "PENDING"
+    # execute_async trains compat.default_workflow (diabetes) with the params in the payload string
+    queued = await client.post("/tasks/execute_async", json={"task_type": "training", "payload": '{"epochs": 2}',
+                                                             "description": "nightly"})
+    assert queued.status_code == 202
     task_id = queued.json()["task_id"]
-    assert (await client.get(f"/tasks/{task_id}")).json()["params"]["epochs"] == 2
-    status = (await client.get(f"/tasks/diabetes/{task_id}")).json()
-    assert status == {"task_id": task_id, "task_status": "PENDING", "outcome": None}
+    assert queued.json() == {"task_id": task_id, "task_status": "Processing"}
+    # polled: 202 Processing (with Skipper's task document) until it finished
+    polled = await client.get(f"/tasks/{task_id}")
+    assert polled.status_code == 202
+    body = polled.json()
+    assert body["task_status"] == "Processing" and "outcome" not in body
+    assert body["task_id"] == task_id and body["workflow"] == "diabetes" and body["params"]["epochs"] == 2
+    await deliver_artifact(client, runtime, task_id)
+    done = await client.get(f"/tasks/{task_id}")
+    assert done.status_code == 200
+    body = done.json()
+    assert body["task_status"] == "Success" and body["status"] == "succeeded"
+    assert isinstance(body["outcome"], str) and json.loads(body["outcome"]) == body["result"]
+    assert body["result"]["model_version"] == 1
+
+    # execute_sync: one row as {feature: value}; the outcome is the native route's answer as a JSON string
     calls: list[list[list[float]]] = []
     fake_server(runtime, calls)
-    await register_fake_model(client, runtime)
-    predicted = await client.post("/tasks/diabetes/task_predict", json={"task_type": "serving", "payload": [1.0] * 10})
-    assert predicted.status_code == 200
-    body = predicted.json()
-    assert body["task_status"] == "SUCCESS" and body["outcome"]["predictions"] == [10.0]
-    # a payload that is not JSON is invalid input (422), never a default training or prediction
-    assert_error(await client.post("/tasks/diabetes/task_predict", json={"payload": "{oops"}), 422, "validation_failed",
-                 "payload")
+    row = {name: float(i) for i, name in enumerate(DIABETES_FEATURES)}
+    native = (await client.post("/models/diabetes/predict", json={"instances": [row]})).json()
+    for url in ["/tasks/execute_sync", "/tasks/diabetes/execute_sync"]:
+        predicted = await client.post(url, json={"task_type": "serving", "payload": "", "data": row})
+        assert predicted.status_code == 202, predicted.text
+        assert set(predicted.json()) == {"task_id", "task_status", "outcome"}
+        assert predicted.json()["task_id"] == "-" and predicted.json()["task_status"] == "Success"
+        assert json.loads(predicted.json()["outcome"]) == native == {"predictions": [45.0], "model": "diabetes",
+                                                                     "model_version": 1}
+    assert calls[-1] == [[float(i) for i in range(10)]]
+    # the payload string may carry the row when data is absent
+    from_payload = await client.post("/tasks/execute_sync", json={"task_type": "serving", "payload": json.dumps(row)})
+    assert json.loads(from_payload.json()["outcome"]) == native
+
+    # a task type the route does not run: the original's answer, nothing queued
+    before = (await client.get("/tasks")).json()["total"]
+    for url, body in [("/tasks/execute_sync", {"task_type": "training", "payload": "", "data": row}),
+                      ("/tasks/execute_async", {"task_type": "serving", "payload": ""}),
+                      ("/tasks/diabetes/execute_async", {"task_type": "mobilenet", "payload": ""})]:
+        wrong = await client.post(url, json=body)
+        assert wrong.status_code == 202 and wrong.json() == {"task_id": "-", "task_status": "Wrong task type"}, url
+    assert (await client.get("/tasks")).json()["total"] == before
+
+    # a named workflow, and an empty payload for its default params
+    named = await client.post("/tasks/wine/execute_async", json={"task_type": "training", "payload": ""})
+    assert named.status_code == 202
+    task = (await client.get(f"/tasks/{named.json()['task_id']}")).json()
+    assert task["workflow"] == "wine" and task["params"]["epochs"] == runtime.settings.workflows["wine"].params.epochs
+    assert_error(await client.post("/tasks/nope/execute_async", json={"task_type": "training", "payload": ""}), 404,
+                 "not_found")
+    # a payload that is not JSON is invalid input, never a default training or prediction
+    assert_error(await client.post("/tasks/execute_sync", json={"task_type": "serving", "payload": "{oops"}), 422,
+                 "validation_failed", "payload")
+
+
+async def test_the_original_contract_reports_a_failed_training_and_a_cancelled_one(
+    api: tuple[httpx.AsyncClient, Runtime],
+) -> None:
+    client, runtime = api
+    cancelled = (await client.post("/tasks/execute_async", json={"task_type": "training", "payload": ""})).json()
+    assert (await client.delete(f"/tasks/{cancelled['task_id']}")).status_code == 200
+    revoked = await client.get(f"/tasks/{cancelled['task_id']}")
+    assert revoked.status_code == 200 and revoked.json()["task_status"] == "Revoked"
+    assert revoked.json()["outcome"] == "cancelled by request"
+
+    async def crashing_trainer(msg: Message) -> None:
+        raise RuntimeError("GPU on fire")
+
+    runtime.bus.consume(contracts.TRAIN, crashing_trainer)
+    task_id = (await client.post("/tasks/execute_async", json={"task_type": "training", "payload": ""})).json()["task_id"]
+    for _ in range(200):
+        polled = await client.get(f"/tasks/{task_id}")
+        if polled.status_code != 202:
+            break
+        assert polled.json()["task_status"] == "Processing"
+        await asyncio.sleep(0.02)
+    assert polled.status_code == 200
+    assert polled.json()["task_status"] == "Failure" and "GPU on fire" in polled.json()["outcome"]
 
 
 async def test_openapi_describes_every_endpoint(api: tuple[httpx.AsyncClient, Runtime]) -> None:
@@ -311,7 +383,8 @@ async def test_openapi_describes_every_endpoint(api: tuple[httpx.AsyncClient, Ru
     for path in ["/health", "/ready", "/workflows", "/workflows/{workflow}/train", "/tasks", "/tasks/{task_id}",
                  "/tasks/{task_id}/events", "/models", "/models/{model}", "/models/{model}/predict",
                  "/models/{model}/versions/{version}/deploy", "/models/{model}/versions/{version}/artifact",
-                 "/tasks/{workflow}/task_training", "/tasks/{workflow}/{task_id}", "/tasks/{workflow}/task_predict"]:
+                 "/tasks/execute_async", "/tasks/{workflow}/execute_async", "/tasks/execute_sync",
+                 "/tasks/{workflow}/execute_sync"]:
         assert f"/api/v1/skipper{path}" in paths, path
     assert "post" in paths["/api/v1/skipper/models/{model}/predict"]
     assert "422" in {str(k) for k in paths["/api/v1/skipper/models/{model}/predict"]["post"]["responses"]}

@@ -171,12 +171,12 @@ async def test_deeply_nested_json_is_400_and_the_process_keeps_serving(tmp_path:
         nested = b"[" * 2000  # the 4 KB of nested brackets was a 500
         deep_object = b'{"params": ' + b'{"a": ' * 40 + b"1" + b"}" * 41
         for url, body in [("/workflows/diabetes/train", nested), ("/models/diabetes/predict", nested),
-                          ("/tasks/diabetes/task_training", nested), ("/workflows/diabetes/train", deep_object)]:
+                          ("/tasks/diabetes/execute_async", nested), ("/workflows/diabetes/train", deep_object)]:
             error = assert_error(await client.post(url, content=body, headers={"content-type": "application/json"}), 400,
                                  "bad_request")
             assert "nested deeper than 32" in error["message"]
-        legacy = {"payload": "[" * 5000}  # nested inside the original Skipper's JSON-string payload
-        assert_error(await client.post("/tasks/diabetes/task_training", json=legacy), 422, "validation_failed")
+        legacy = {"task_type": "training", "payload": "[" * 5000}  # nested inside the original's JSON-string payload
+        assert_error(await client.post("/tasks/diabetes/execute_async", json=legacy), 422, "validation_failed")
         # brackets inside strings are not nesting; a wide predict body is not deep
         ok = await client.post("/models/diabetes/predict", json={"instances": [{"age": 1.0, **dict.fromkeys(FEATURES[1:], 0.0)}]
                                                                   + [ROW] * 200})
@@ -228,26 +228,26 @@ async def test_unknown_model_names_never_become_metric_labels(tmp_path: Path) ->
         assert 'model="diabetes"' in after
 
 
-async def test_the_original_routes_validate_their_payload_and_never_train_on_defaults(
+async def test_the_original_routes_validate_their_payload_and_never_train_on_invalid_params(
     tmp_path: Path, database_url: str
 ) -> None:
     async with api(tmp_path, database_url=database_url) as (client, runtime):
         await trained(runtime)
-        url = "/tasks/diabetes/task_training"
+        url = "/tasks/diabetes/execute_async"
         for body, field in [(None, "body"), ({}, "payload"), ({"task_type": "training"}, "payload"),
                             ({"payload": 5}, "payload"), ({"payload": "not json"}, "payload"),
-                            ({"payload": "[1, 2]"}, "payload"), ({"payload": [1, 2]}, "payload"),
-                            ({"payload": {"epochs": "many"}}, "params.epochs"),
-                            ({"payload": {"hidden_units": [65536, 65536]}}, "params.hidden_units"),
-                            ({"task_type": 7, "payload": {}}, "task_type")]:
+                            ({"payload": "[1, 2]"}, "payload"), ({"payload": {"epochs": 2}}, "payload"),
+                            ({"payload": '{"epochs": "many"}'}, "params.epochs"),
+                            ({"payload": '{"hidden_units": [65536, 65536]}'}, "params.hidden_units"),
+                            ({"task_type": 7, "payload": ""}, "task_type")]:
             response = await client.post(url, json=body) if body is not None else await client.post(url)
             error = assert_error(response, 422, error_code(response))
             assert error["details"]["field"] == field, (body, error)
         assert (await client.get("/tasks")).json()["total"] == 0
-        assert_error(await client.post("/tasks/diabetes/task_predict", json={"payload": {"age": "old"}}), 422,
-                     "validation_failed")
+        assert_error(await client.post("/tasks/diabetes/execute_sync", json={"payload": "", "data": {"age": "old"}}),
+                     422, "validation_failed")
         ok = await client.post(url, json={"task_type": "training", "payload": '{"epochs": 2}'})
-        assert ok.status_code == 202 and ok.json()["task_status"] == "PENDING"
+        assert ok.status_code == 202 and ok.json()["task_status"] == "Processing"
 
 
 def error_code(response: httpx.Response) -> str:

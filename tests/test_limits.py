@@ -60,7 +60,7 @@ async def test_epochs_and_parameters_past_the_limits_are_422_naming_the_field_an
                      "limits.max_epochs")
         assert_limit(await client.post("/workflows/diabetes/train", json={"params": {"hidden_units": [65536, 65536]}}),
                      "params.hidden_units", "limits.max_parameters")
-        assert_limit(await client.post("/tasks/diabetes/task_training", json={"payload": {"epochs": 5000}}),
+        assert_limit(await client.post("/tasks/diabetes/execute_async", json={"payload": '{"epochs": 5000}'}),
                      "params.epochs", "limits.max_epochs")
         # a workflow's own limits override the global ones
         assert_limit(await client.post("/workflows/small/train", json={"params": {"epochs": 6}}), "params.epochs",
@@ -79,7 +79,7 @@ async def test_past_max_queued_tasks_train_is_429_with_retry_after(tmp_path: Pat
         refused = await client.post("/workflows/diabetes/train", json={})
         assert refused.status_code == 429 and refused.headers["retry-after"] == "5"
         assert refused.json()["error"]["code"] == "too_many_requests" and "limits.max_queued_tasks" in refused.text
-        legacy = await client.post("/tasks/diabetes/task_training", json={"payload": {}})
+        legacy = await client.post("/tasks/execute_async", json={"task_type": "training", "payload": ""})
         assert legacy.status_code == 429
         assert (await client.get("/tasks")).json()["total"] == 3
         await client.delete(f"/tasks/{ids[0]}")  # a slot frees up

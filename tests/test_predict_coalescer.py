@@ -14,13 +14,16 @@ from skipper.modules.api.coalesce import PredictCoalescer
 class FakeBus:
     def __init__(self, delay: float = 0.01, fail: bool = False) -> None:
         self.sent: list[list[list[float]]] = []
+        self.versions: list[int | None] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._delay = delay
         self._fail = fail
 
-    async def send(self, model: str, rows: list[list[float]], correlation_id: str) -> dict[str, Any]:
+    async def send(self, model: str, rows: list[list[float]], correlation_id: str,
+                   version: int | None = None) -> dict[str, Any]:
         self.sent.append(rows)
+        self.versions.append(version)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -68,6 +71,17 @@ async def test_models_are_coalesced_separately() -> None:
     coalescer = PredictCoalescer(bus.send, max_rows=64, pipeline=1)
     a, b = await asyncio.gather(coalescer.predict("a", [[1.0]], "c"), coalescer.predict("b", [[2.0]], "c"))
     assert (a["model"], b["model"]) == ("a", "b")
+
+
+async def test_requests_pinned_to_a_version_are_coalesced_only_with_requests_for_that_version() -> None:
+    bus = FakeBus(delay=0.02)
+    coalescer = PredictCoalescer(bus.send, max_rows=64, pipeline=1)
+    versions = [None, 1, 2] * 6
+    await asyncio.gather(*(coalescer.predict("m", [[float(i)]], "c", version) for i, version in enumerate(versions)))
+    # each bus request carries the version its requests asked for, and only those requests' rows
+    for rows, version in zip(bus.sent, bus.versions, strict=True):
+        assert {versions[int(row[0])] for row in rows} == {version}
+    assert set(bus.versions) == {None, 1, 2} and len(bus.sent) < len(versions)
 
 
 @pytest.mark.parametrize("pipeline", [1, 4])

@@ -27,7 +27,9 @@ from tests.apphelpers import SCOPES, bearer, scoped_keys
 
 BASE = "/api/v1/skipper"
 OPEN_ROUTES = {("GET", f"{BASE}/health"), ("GET", f"{BASE}/ready"), ("GET", f"{BASE}/metrics"),
-               ("GET", f"{BASE}/openapi.json"), ("GET", f"{BASE}/docs")}
+               ("GET", f"{BASE}/openapi.json"), ("GET", f"{BASE}/docs"),
+               ("GET", "/v2/health/live"), ("GET", "/v2/health/ready")}  # the Open Inference Protocol's health
+PROTOCOLS = ("/v2", "/v1/models/")  # Open Inference Protocol, TensorFlow Serving: at the root, string errors
 UNKNOWN_KEY = "sk_" + "x" * 43
 
 
@@ -35,9 +37,9 @@ def expected_scope(method: str, path: str) -> str:
     """The policy of docs/security.md, written independently of the route declarations."""
     if (method, path) in OPEN_ROUTES:
         return "open"
-    if path.endswith(("/predict", "/task_predict")):
+    if path.startswith(PROTOCOLS) or path.endswith(("/predict", "/execute_sync")):
         return "predict"
-    if path.endswith(("/train", "/task_training")) or (method == "DELETE" and path.startswith(f"{BASE}/tasks/")):
+    if path.endswith(("/train", "/execute_async")) or (method == "DELETE" and path.startswith(f"{BASE}/tasks/")):
         return "train"
     if path.endswith(("/deploy", "/artifact")):
         return "deploy"
@@ -83,10 +85,19 @@ def concrete(path: str, op: dict[str, Any]) -> str:
     return re.sub(r"{([^}]+)}", lambda m: str(examples[m.group(1)]), path)
 
 
-def assert_unauthorized(response: httpx.Response, where: str) -> None:
+def error_code(response: httpx.Response, path: str) -> str:
+    """Skipper's error code; the inference protocols' routes answer `{"error": "<text>"}` instead."""
+    error = response.json()["error"]
+    if path.startswith(PROTOCOLS):
+        assert isinstance(error, str) and error, f"{path}: {response.text}"
+        return {401: "unauthorized", 403: "forbidden"}.get(response.status_code, "?")
+    return str(error["code"])
+
+
+def assert_unauthorized(response: httpx.Response, where: str, path: str = BASE) -> None:
     assert response.status_code == 401, f"{where}: {response.status_code} {response.text}"
     assert response.headers["www-authenticate"] == "Bearer", where
-    assert response.json()["error"]["code"] == "unauthorized", where
+    assert error_code(response, path) == "unauthorized", where
 
 
 async def test_every_route_refuses_callers_without_a_fitting_key(clients: Clients) -> None:
@@ -106,15 +117,15 @@ async def test_every_route_refuses_callers_without_a_fitting_key(clients: Client
             continue
         assert op["security"] == [{"apiKey": []}], where
         assert {"401", "403"} <= set(op["responses"]), f"{where}: 401/403 undocumented"
-        assert_unauthorized(await clients.call(method, url, None), f"{where}, no key")
-        assert_unauthorized(await clients.call(method, url, UNKNOWN_KEY), f"{where}, unknown key")
+        assert_unauthorized(await clients.call(method, url, None), f"{where}, no key", path)
+        assert_unauthorized(await clients.call(method, url, UNKNOWN_KEY), f"{where}, unknown key", path)
         for other in SCOPES:
             response = await clients.call(method, url, clients.keys[other])
             if other in (scope, "admin"):
                 assert response.status_code not in (401, 403), f"{where} with the {other} key: {response.text}"
             else:
                 assert response.status_code == 403, f"{where} with the {other} key: {response.status_code}"
-                assert response.json()["error"]["code"] == "forbidden", where
+                assert error_code(response, path) == "forbidden", where
 
 
 async def test_every_route_of_the_app_is_in_openapi_json_or_is_an_open_asset(clients: Clients) -> None:
@@ -173,7 +184,7 @@ class ProtocolModule(Module):
         async def infer(call: Call[ModelName, None, InferBody]) -> Response:
             return JSONResponse({"model_name": call.path.model, "outputs": [sum(call.body.inputs)]})
 
-        return [RouteGroup("/v2", [
+        return [RouteGroup("/proto", [
             Endpoint("GET", "/health/live", live, scope="open"),
             Endpoint("POST", "/models/{model}/infer", infer, scope="predict", path_params=ModelName, body=InferBody,
                      body_required=True),
@@ -194,8 +205,8 @@ async def test_a_root_route_group_writes_its_errors_as_a_string(tmp_path: Path) 
         return str(body["error"])
 
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
-        url = "/v2/models/iris/infer"
-        assert (await c.get("/v2/health/live", headers={"authorization": "Bearer nope"})).json() == {"live": True}
+        url = "/proto/models/iris/infer"
+        assert (await c.get("/proto/health/live", headers={"authorization": "Bearer nope"})).json() == {"live": True}
         string_error(await c.post(url, json={"inputs": [1.0]}), 401)
         assert (await c.post(url, json={"inputs": [1.0]})).headers["www-authenticate"] == "Bearer"
         string_error(await c.post(url, json={"inputs": [1.0]}, headers=bearer(keys["read"])), 403)
@@ -206,13 +217,13 @@ async def test_a_root_route_group_writes_its_errors_as_a_string(tmp_path: Path) 
                      415)
         string_error(await c.post(url, content=b"{nope", headers={**predict, "content-type": "application/json"}), 400)
         assert "inputs" in string_error(await c.post(url, json={"inputs": []}, headers=predict), 422)
-        string_error(await c.post("/v2/models/NOT-A-NAME/infer", json={"inputs": [1.0]}, headers=predict), 404)
-        string_error(await c.get("/v2/no/such/route"), 404)
-        string_error(await c.get("/v2/health/live", headers={"host": "evil.example"}), 400)
+        string_error(await c.post("/proto/models/NOT-A-NAME/infer", json={"inputs": [1.0]}, headers=predict), 404)
+        string_error(await c.get("/proto/no/such/route"), 404)
+        string_error(await c.get("/proto/health/live", headers={"host": "evil.example"}), 400)
         # Skipper's own routes keep their shape beside it
         skipper = await c.get(f"{BASE}/workflows")
         assert skipper.status_code == 401 and skipper.json()["error"]["code"] == "unauthorized"
         document = (await c.get(f"{BASE}/openapi.json")).json()
-        infer_doc = document["paths"]["/v2/models/{model}/infer"]["post"]
+        infer_doc = document["paths"]["/proto/models/{model}/infer"]["post"]
         assert infer_doc["responses"]["401"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/StringError"}

@@ -381,6 +381,28 @@ async def test_a_server_takes_predict_requests_only_for_the_models_it_holds(make
         await harness.module.on_predict(Message(type=contracts.PREDICT_REQUEST, body={"model": "nope", "instances": rows(1)}))
 
 
+async def test_a_server_answers_a_version_pinned_request_only_with_that_version_and_says_which_it_holds(
+    make: Make,
+) -> None:
+    harness = await serving(make)
+
+    async def ask(message_type: str, **body: Any) -> dict[str, Any]:
+        msg = Message(type=message_type, body={"model": "diabetes", **body})
+        return (await harness.bus.request(contracts.predict_queue("diabetes"), msg, timeout=10)).data
+
+    # Given version 1 served: a status request names it, and a request pinned to it is answered by it
+    assert await ask(contracts.PREDICT_STATUS) == {"model": "diabetes", "version": 1}
+    pinned = await ask(contracts.PREDICT_REQUEST, instances=rows(2), version=1)
+    assert pinned["model_version"] == 1 and pinned["predictions"] == (await harness.predict(rows(2)))["predictions"]
+    # When version 2 replaces it, version 1 is refused naming the one held, never answered by version 2
+    await harness.publish(built(2).data, **headers(built(2), version=2, seq=2))
+    await eventually(lambda: harness.version() == 2)
+    with pytest.raises(ModelNotReady, match=r"version 1 of model 'diabetes' is not loaded: .* production version, 2"):
+        await ask(contracts.PREDICT_REQUEST, instances=rows(2), version=1)
+    assert (await ask(contracts.PREDICT_REQUEST, instances=rows(1), version=2))["model_version"] == 2
+    assert await ask(contracts.PREDICT_STATUS) == {"model": "diabetes", "version": 2}
+
+
 async def test_on_shutdown_a_server_turns_unready_and_stops_taking_requests_but_answers_those_it_took(make: Make) -> None:
     harness = await serving(make)
     before = await harness.predict(rows(1))

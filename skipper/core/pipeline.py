@@ -88,6 +88,8 @@ def to_handler(endpoint: Endpoint, group: RouteGroup, guard: Guard, options: Opt
             if check_content:
                 require_json(request)
                 refuse_cross_site(request, options.cors_origins)
+            if endpoint.precheck is not None:
+                endpoint.precheck(request)
             path = _path(endpoint.path_params, request.path_params)
             query = _query(endpoint.query, request)
             body: Any = None

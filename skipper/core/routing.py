@@ -87,6 +87,9 @@ class Endpoint:
     content: Literal["json", "form"] = "json"
     in_schema: bool = True
     tags: tuple[str, ...] = ()
+    # Runs after the auth check and before the body is read: refuse a request by its headers alone
+    # (the inference protocol's binary bodies, which are not JSON) with an error that says why.
+    precheck: Callable[[Request], None] | None = None
 
     def __post_init__(self) -> None:
         names = set(re.findall(r"{([^}:]+)", self.path))

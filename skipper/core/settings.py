@@ -164,6 +164,12 @@ class DatasetSpec(_Section):
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"  # workflow and model names: they appear in URLs and paths
 
 
+class CompatSettings(_Section):
+    """The original Skipper's REST contract (`tasks/execute_async`, `tasks/execute_sync`)."""
+
+    default_workflow: str = Field("diabetes", pattern=NAME_PATTERN)  # what its routes without a workflow use
+
+
 class Workflow(_Section):
     description: str = ""
     model: str = Field(pattern=NAME_PATTERN)
@@ -191,6 +197,7 @@ class Settings(_Section):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: Limits = Field(default_factory=Limits)
+    compat: CompatSettings = Field(default_factory=CompatSettings)
     workflows: dict[str, Workflow] = Field(default_factory=dict)
 
     @field_validator("workflows")

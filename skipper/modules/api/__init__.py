@@ -12,13 +12,15 @@ from skipper.core.events import EventEmitter
 from skipper.core.messages import Message
 from skipper.core.module import Module
 from skipper.core.repositories import ModelRegistry, TaskRepository
-from skipper.core.routing import Endpoint, RouteGroup
+from skipper.core.routing import API_BASE, Endpoint, RouteGroup
 from skipper.core.settings import Settings
 from skipper.modules.api.artifacts import ArtifactStore
 from skipper.modules.api.legacy import LegacyRoutes
+from skipper.modules.api.oip import OipRoutes
 from skipper.modules.api.registry import RegistryService
 from skipper.modules.api.routes import ApiRoutes
 from skipper.modules.api.service import ApiService
+from skipper.modules.api.tfserving import TfServingRoutes
 
 log = logging.getLogger("skipper.api")
 
@@ -35,7 +37,9 @@ class ApiModule(Module):
         self.service = ApiService(settings=settings, bus=bus, events=events, tasks=tasks, registry=registry, store=store,
                                   announcer=self.registry)
         self._api = ApiRoutes(self.service)
-        self._legacy = LegacyRoutes(self.service, settings.http.max_json_depth)
+        self._legacy = LegacyRoutes(self.service, settings.http.max_json_depth, settings.compat.default_workflow)
+        self._oip = OipRoutes(self.service, settings.http.max_instances)
+        self._tfserving = TfServingRoutes(self.service, settings.http.max_instances)
 
     def register(self, bus: Transport) -> None:
         self.registry.register(bus)
@@ -51,7 +55,19 @@ class ApiModule(Module):
         self.service.schemas.update(str(msg.headers.get("model")), msg.headers.get("metadata") or {})
 
     def routes(self) -> Sequence[Endpoint | RouteGroup]:
-        return self._api.routes() + self._legacy.routes()
+        # Starlette tries routes in order: every protocol's predict route first (the hot path), and the
+        # original's `tasks/execute_*` before `tasks/{task_id}`.
+        native, legacy = self._api.routes(), self._legacy.routes()
+        protocols = [*self._oip.routes(), *self._tfserving.routes()]
+        hot = [RouteGroup(g.prefix, [e for e in g.endpoints if _predicts(e)], g.errors)
+               for g in [RouteGroup(API_BASE, native), *protocols, RouteGroup(API_BASE, legacy)]]
+        rest = [RouteGroup(g.prefix, [e for e in g.endpoints if not _predicts(e)], g.errors)
+                for g in [RouteGroup(API_BASE, [*legacy, *native]), *protocols]]
+        return [g for g in hot + rest if g.endpoints]
 
     def ready(self) -> bool:
         return self._bus.connected
+
+
+def _predicts(endpoint: Endpoint) -> bool:
+    return endpoint.method == "POST" and endpoint.scope == "predict"

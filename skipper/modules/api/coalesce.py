@@ -2,7 +2,7 @@
 
 Over a broker every bus request costs serialization and a round trip through RabbitMQ or
 Redis, so at high concurrency the hop, not the model, limits throughput. Requests for one
-model are queued; at most `pipeline` bus requests per model are in flight, and whatever
+model (and version) are queued; at most `pipeline` bus requests per model are in flight, and whatever
 queued up while they were busy goes out as the next one (up to `max_rows` rows). A lone
 request goes out at once; under load batches grow by themselves. The server's own
 micro-batcher then runs each bus request's rows in one model call.
@@ -16,7 +16,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-SendRows = Callable[[str, list[list[float]], str], Awaitable[dict[str, Any]]]
+# (model, rows, correlation_id, version or None for the production one) -> the server's reply
+SendRows = Callable[[str, list[list[float]], str, int | None], Awaitable[dict[str, Any]]]
+Key = tuple[str, int | None]  # requests for one model version share bus requests
 
 
 @dataclass(slots=True)
@@ -31,21 +33,23 @@ class PredictCoalescer:
         self._send = send
         self._max_rows = max_rows
         self._pipeline = pipeline
-        self._queues: dict[str, deque[_Waiting]] = defaultdict(deque)
-        self._slots: dict[str, asyncio.Semaphore] = {}
-        self._drains: dict[str, asyncio.Task[None]] = {}
+        self._queues: dict[Key, deque[_Waiting]] = defaultdict(deque)
+        self._slots: dict[Key, asyncio.Semaphore] = {}
+        self._drains: dict[Key, asyncio.Task[None]] = {}
         self._sends: set[asyncio.Task[None]] = set()
 
-    async def predict(self, model: str, rows: list[list[float]], correlation_id: str) -> dict[str, Any]:
+    async def predict(self, model: str, rows: list[list[float]], correlation_id: str,
+                      version: int | None = None) -> dict[str, Any]:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._queues[model].append(_Waiting(rows, correlation_id, future))
-        if model not in self._drains:
-            self._drains[model] = asyncio.create_task(self._drain(model))
+        key = (model, version)
+        self._queues[key].append(_Waiting(rows, correlation_id, future))
+        if key not in self._drains:
+            self._drains[key] = asyncio.create_task(self._drain(key))
         return await future
 
-    async def _drain(self, model: str) -> None:
-        queue = self._queues[model]
-        slots = self._slots.setdefault(model, asyncio.Semaphore(self._pipeline))
+    async def _drain(self, key: Key) -> None:
+        queue = self._queues[key]
+        slots = self._slots.setdefault(key, asyncio.Semaphore(self._pipeline))
         try:
             while queue:
                 await slots.acquire()
@@ -53,11 +57,11 @@ class PredictCoalescer:
                 if not batch:
                     slots.release()
                     continue
-                task = asyncio.create_task(self._send_batch(model, batch, slots))
+                task = asyncio.create_task(self._send_batch(key, batch, slots))
                 self._sends.add(task)
                 task.add_done_callback(self._sends.discard)
         finally:
-            del self._drains[model]
+            del self._drains[key]
 
     def _take(self, queue: deque[_Waiting]) -> list[_Waiting]:
         batch: list[_Waiting] = []
@@ -69,10 +73,10 @@ class PredictCoalescer:
                 rows += len(waiting.rows)
         return batch
 
-    async def _send_batch(self, model: str, batch: list[_Waiting], slots: asyncio.Semaphore) -> None:
+    async def _send_batch(self, key: Key, batch: list[_Waiting], slots: asyncio.Semaphore) -> None:
         try:
             rows = batch[0].rows if len(batch) == 1 else [row for waiting in batch for row in waiting.rows]
-            reply = await self._send(model, rows, batch[0].correlation_id)
+            reply = await self._send(key[0], rows, batch[0].correlation_id, key[1])
         except Exception as exc:
             for waiting in batch:
                 if not waiting.future.done():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from skipper.core.routing import PageQuery
 from skipper.core.settings import NAME_PATTERN, TrainParams
@@ -32,11 +32,6 @@ class VersionPath(BaseModel):
 
 
 class TaskPath(BaseModel):
-    task_id: TaskId = Field(examples=["3f2c9a0d4b1e4c7f8a6b5d4c3b2a1f0e"])
-
-
-class LegacyTaskPath(BaseModel):
-    workflow: Name = Field(examples=["diabetes"])
     task_id: TaskId = Field(examples=["3f2c9a0d4b1e4c7f8a6b5d4c3b2a1f0e"])
 
 
@@ -77,19 +72,21 @@ class PredictRequest(BaseModel):
     instances: list[list[float] | dict[str, float]] = Field(min_length=1)
 
 
-class LegacyRequest(BaseModel):
-    """The original Skipper's request: the payload as an object or a JSON-encoded string."""
+class OriginalTrainRequest(BaseModel):
+    """The original Skipper's training request: `payload` holds JSON train params ("" for the defaults)."""
 
-    task_type: str | None = None
-    payload: Annotated[Any, WithJsonSchema({"anyOf": [{"type": "object"}, {"type": "array"}, {"type": "string"}]})]
+    task_type: str = Field("training", examples=["training"])
+    payload: str = Field(examples=['{"epochs": 20}'])
+    description: str | None = None
 
-    @field_validator("payload")
-    @classmethod
-    def _payload_kind(cls, payload: Any) -> Any:
-        # One message for the three accepted kinds (a union would name each member in the error's field).
-        if not isinstance(payload, (dict, list, str)):
-            raise ValueError("payload must be an object, a list of rows, or a JSON-encoded string")
-        return payload
+
+class OriginalPredictRequest(BaseModel):
+    """The original Skipper's prediction request: `data` is one row as {feature: value} (or a list of rows)."""
+
+    task_type: str = Field("serving", examples=["serving"])
+    payload: str = Field(examples=[""])
+    data: dict[str, Any] | list[Any] | None = Field(None, examples=[{"age": 0.04, "sex": 0.05}])
+    description: str | None = None
 
 
 # --- responses ---------------------------------------------------------------------------------
@@ -198,9 +195,22 @@ class Prediction(BaseModel):
     model_version: int
 
 
-class LegacyTask(BaseModel):
-    """The original Skipper's task status (Celery-style)."""
+class OriginalTask(BaseModel):
+    """The original Skipper's answer to a queued task (or `{"task_id": "-", "task_status": "Wrong task type"}`)."""
 
     task_id: str
-    task_status: Literal["PENDING", "STARTED", "SUCCESS", "FAILURE", "REVOKED"]
-    outcome: Any = None
+    task_status: str
+
+
+class OriginalResult(OriginalTask):
+    """The original Skipper's answer with an outcome, the result as a JSON string (none for a wrong task type)."""
+
+    outcome: str | None = None
+
+
+class TaskStatus(TaskOut):
+    """A task, with the original Skipper's `task_status` (Processing, Success, Failure, Revoked) and, once
+    finished, `outcome`: the result as a JSON string, or the error's message. 202 until finished."""
+
+    task_status: Literal["Processing", "Success", "Failure", "Revoked"]
+    outcome: str | None = None

@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 from skipper.core import artifacts
 from skipper.core.routing import Call, Endpoint, Reply
 from skipper.core.settings import Workflow
+from skipper.modules.api.legacy import task_document
 from skipper.modules.api.models import (
     ModelList,
     ModelOut,
@@ -19,6 +20,7 @@ from skipper.modules.api.models import (
     TaskOut,
     TaskPath,
     TasksQuery,
+    TaskStatus,
     TrainAccepted,
     TrainRequest,
     VersionOut,
@@ -56,7 +58,9 @@ class ApiRoutes:
             Endpoint("GET", "/tasks", self.list_tasks, scope="read", query=TasksQuery, responses={200: TaskList},
                      summary="Tasks, newest first; filter by workflow and status; paged with limit and offset."),
             Endpoint("GET", "/tasks/{task_id}", self.get_task, scope="read", path_params=TaskPath,
-                     responses={200: TaskOut}, summary="One task with its status, progress, result and error."),
+                     responses={200: TaskStatus, 202: TaskStatus},
+                     summary="One task with its status, progress, result and error; 202 until it finished, then 200 "
+                             "(the original Skipper's `task_status` and `outcome` included)."),
             Endpoint("DELETE", "/tasks/{task_id}", self.cancel_task, scope="train", path_params=TaskPath,
                      responses={200: TaskOut}, errors={409: "The task has already finished"},
                      summary="Cancel a queued or running task; a running one stops at its next epoch."),
@@ -94,7 +98,8 @@ class ApiRoutes:
                              "offset": page.offset})
 
     async def get_task(self, call: Call[TaskPath, None, None]) -> Response:
-        return JSONResponse((await self._service.task(call.path.task_id)).to_json())
+        body, status = task_document(await self._service.task(call.path.task_id))
+        return JSONResponse(body, status_code=status)
 
     async def cancel_task(self, call: Call[TaskPath, None, None]) -> Response:
         task = await self._service.cancel(call.path.task_id, actor=call.principal.name, correlation_id=call.correlation_id)

@@ -17,7 +17,7 @@ from prometheus_client import Counter, Histogram
 
 from skipper.core import contracts
 from skipper.core.bus import Transport
-from skipper.core.errors import Conflict, NotFound, SkipperError, TooManyRequests, Unavailable
+from skipper.core.errors import Conflict, ModelNotReady, NoConsumers, NotFound, SkipperError, TooManyRequests, Unavailable
 from skipper.core.events import EventEmitter
 from skipper.core.limits import check_train_limits
 from skipper.core.messages import Message, new_id
@@ -59,6 +59,7 @@ class ApiService:
         self._store = store
         self._announcer = announcer
         self.schemas = ModelSchemas(registry, settings.workflows)
+        self._version_metadata: dict[tuple[str, int], dict[str, Any]] = {}  # versions never change: cached for good
         # In-process the server batches by itself; across a broker, fewer and larger bus requests pay.
         self._coalescer = (
             PredictCoalescer(self._request_rows, max_rows=settings.serving.max_batch_size,
@@ -163,9 +164,44 @@ class ApiService:
 
     # --- predictions ----------------------------------------------------------------------
 
-    async def features(self, model: str) -> list[str]:
-        """The production version's feature names; `NotFound` or `ModelNotReady` otherwise."""
-        return await self.schemas.features(model)
+    def ready(self) -> bool:
+        """Whether this api can take predictions now (its bus is connected)."""
+        return self._bus.connected
+
+    async def features(self, model: str, version: int | None = None) -> list[str]:
+        """The feature names of the production version (or of `version`); `NotFound` or `ModelNotReady` otherwise."""
+        if version is None:
+            return await self.schemas.features(model)
+        return list((await self.metadata(model, version)).get("features") or [])
+
+    async def metadata(self, model: str, version: int) -> dict[str, Any]:
+        """A version's artifact metadata (features, targets, kind, classes); `NotFound` for an unknown one."""
+        cached = self._version_metadata.get((model, version))
+        if cached is None:
+            found = await self.version(model, version)
+            cached = self._version_metadata[(model, version)] = found.metadata
+        return cached
+
+    async def production(self, model: str) -> ModelVersion:
+        """The production version of `model`: `ModelNotReady` while none is trained, `NotFound` for an unknown model."""
+        versions = await asyncio.to_thread(self._registry.production, model)
+        if versions:
+            return versions[0]
+        if self.schemas.known(model):
+            raise ModelNotReady(f"model {model!r} has no trained version yet; train its workflow first",
+                                details={"model": model})
+        raise NotFound(f"unknown model {model!r}", details={"model": model})
+
+    async def served_version(self, model: str) -> int | None:
+        """The version of `model` the servers hold (asking one of them over the bus), or None when none has it."""
+        msg = Message(type=contracts.PREDICT_STATUS, body={"model": model})
+        try:
+            reply = await self._bus.request(contracts.predict_queue(model), msg,
+                                            timeout=self._settings.http.predict_timeout_s)
+        except SkipperError:  # no consumer, no answer in time, an error: not ready, whichever
+            return None
+        version = reply.data.get("version")
+        return version if isinstance(version, int) else None
 
     async def predict(self, model: str, body: Any, *, correlation_id: str) -> dict[str, Any]:
         """Validate `{"instances": [...]}` against the model's features and predict; counted per model and outcome."""
@@ -178,14 +214,20 @@ class ApiService:
         return await self.predict_rows(model, rows, correlation_id=correlation_id, started=started)
 
     async def predict_rows(self, model: str, rows: list[list[float]], *, correlation_id: str,
-                           started: float | None = None) -> dict[str, Any]:
-        """Predict already validated rows (in feature order): `{"predictions", "model", "model_version"}`."""
+                           started: float | None = None, version: int | None = None) -> dict[str, Any]:
+        """Predict already validated rows (in feature order): `{"predictions", "model", "model_version"}`.
+
+        With a `version`, only a server holding that version answers (`ModelNotReady` otherwise).
+        """
         started = time.perf_counter() if started is None else started
         try:
             if self._coalescer is not None:
-                reply = await self._coalescer.predict(model, rows, correlation_id)
+                reply = await self._coalescer.predict(model, rows, correlation_id, version)
             else:
-                reply = await self._request_rows(model, rows, correlation_id)
+                reply = await self._request_rows(model, rows, correlation_id, version)
+        except NoConsumers as exc:
+            self._count_failure(model, exc)
+            raise NoConsumers(f"no server has model {model!r} loaded", details={**exc.details, "model": model}) from None
         except SkipperError as exc:
             self._count_failure(model, exc)
             raise
@@ -193,12 +235,19 @@ class ApiService:
         PREDICT_SECONDS.labels(model).observe(time.perf_counter() - started)
         return reply
 
+    def rejected(self, model: str, exc: SkipperError) -> None:
+        """Count a prediction request refused before it reached `predict_rows` (invalid input), like `predict` does."""
+        self._count_failure(model, exc)
+
     def _count_failure(self, model: str, exc: SkipperError) -> None:
         PREDICTIONS.labels(model if self.schemas.known(model) else OTHER_MODEL, exc.code).inc()
 
-    async def _request_rows(self, model: str, rows: list[list[float]], correlation_id: str) -> dict[str, Any]:
-        msg = Message(type=contracts.PREDICT_REQUEST, body={"model": model, "instances": rows},
-                      correlation_id=correlation_id)
+    async def _request_rows(self, model: str, rows: list[list[float]], correlation_id: str,
+                            version: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "instances": rows}
+        if version is not None:
+            body["version"] = version
+        msg = Message(type=contracts.PREDICT_REQUEST, body=body, correlation_id=correlation_id)
         reply = await self._bus.request(contracts.predict_queue(model), msg, timeout=self._settings.http.predict_timeout_s)
         return reply.data
 

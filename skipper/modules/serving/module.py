@@ -109,7 +109,12 @@ class ServingModule(Module):
     # --- predictions ---------------------------------------------------------------------
 
     async def on_predict(self, msg: Message) -> Message:
-        """Handle a `predict.request`: validate, join a batch, reply with this request's slice."""
+        """Handle a `predict.request`: validate, join a batch, reply with this request's slice.
+
+        A request naming a `version` is answered only by that version: a server holds one version
+        of each model (the production one), so any other is `ModelNotReady` naming the one it holds.
+        A `predict.status` request on the same queue is answered with the version held.
+        """
         if not isinstance(msg.body, dict):
             raise ValidationFailed("a predict request body must be a JSON object")
         body = msg.body
@@ -117,6 +122,14 @@ class ServingModule(Module):
         loaded = self._models.get(name) if isinstance(name, str) else None
         if loaded is None:
             raise ModelNotReady(f"no version of model {name!r} is loaded on this server", details={"model": name})
+        if msg.type == contracts.PREDICT_STATUS:
+            return msg.reply({"model": name, "version": loaded.version})
+        wanted = body.get("version")
+        if wanted is not None and wanted != loaded.version:
+            raise ModelNotReady(
+                f"version {wanted} of model {name!r} is not loaded: servers hold the production version, "
+                f"{loaded.version}; deploy version {wanted} to serve it",
+                details={"model": name, "version": wanted, "served_version": loaded.version})
         rows = rows_from_instances(body.get("instances"), loaded.predictor.n_features)
         try:
             predictions = await loaded.batcher.submit(rows)
