@@ -70,6 +70,7 @@ class HttpSettings(_Section):
     # Host header allow-list; empty: loopback names when bound to loopback, any host otherwise.
     allowed_hosts: list[str] = Field(default_factory=list)
     cors_origins: list[str] = Field(default_factory=list)  # CORS stays off unless origins are listed
+    sse_heartbeat_s: float = Field(15.0, gt=0, le=3600)  # a comment line this often keeps proxies from closing streams
 
 
 class TrainingSettings(_Section):
@@ -87,6 +88,7 @@ class ServingSettings(_Section):
     catch_up_timeout_s: float = Field(30.0, gt=0)
     max_queued_rows: int = Field(8192, ge=1)  # per model; past it predictions are shed with 503 + Retry-After
     resync_s: float = Field(30.0, gt=0)  # how often a server re-checks the registry's production versions
+    announce_s: float = Field(5.0, gt=0)  # how often a server announces itself; silent for 3 periods: gone
     # The memory guard (see skipper/modules/serving/memory.py): models held plus the one loading
     # must fit the budget; unset, it is the memory limit (given, else the cgroup's) minus headroom.
     memory_budget_mb: float | None = Field(None, gt=0)

@@ -17,6 +17,7 @@ from skipper.core.settings import Settings
 from skipper.modules.api.artifacts import ArtifactStore
 from skipper.modules.api.legacy import LegacyRoutes
 from skipper.modules.api.registry import RegistryService
+from skipper.modules.api.replicas import ReplicaView
 from skipper.modules.api.routes import ApiRoutes
 from skipper.modules.api.service import ApiService
 
@@ -32,8 +33,9 @@ class ApiModule(Module):
         self._settings = settings
         self.registry = RegistryService(settings=settings, bus=bus, events=events, tasks=tasks, registry=registry,
                                         store=store)
+        self.replicas = ReplicaView(settings.bus.signing_key)
         self.service = ApiService(settings=settings, bus=bus, events=events, tasks=tasks, registry=registry, store=store,
-                                  announcer=self.registry)
+                                  announcer=self.registry, replicas=self.replicas)
         self._api = ApiRoutes(self.service)
         self._legacy = LegacyRoutes(self.service, settings.http.max_json_depth)
 
@@ -41,6 +43,7 @@ class ApiModule(Module):
         self.registry.register(bus)
         # Another api replica may have promoted a version: keep this replica's feature schemas current.
         bus.subscribe(contracts.MODEL_PUBLISHED, self._on_published)
+        bus.subscribe(contracts.SERVER_ANNOUNCED, self.replicas.on_announced)
 
     async def _on_published(self, msg: Message) -> None:
         try:

@@ -204,3 +204,22 @@ class LegacyTask(BaseModel):
     task_id: str
     task_status: Literal["PENDING", "STARTED", "SUCCESS", "FAILURE", "REVOKED"]
     outcome: Any = None
+
+
+class ServerOut(BaseModel):
+    """A serving replica as it last announced itself."""
+
+    id: str
+    host: str
+    role: str
+    models: dict[str, int] = Field(description="the version of each model it serves")
+    uptime_s: float
+    skipper: str
+    last_seen_s: float = Field(description="seconds since its last announcement")
+    period_s: float = Field(description="how often it announces; silent for three periods, it is dropped")
+
+
+class ServerList(BaseModel):
+    """The serving replicas heard from lately."""
+
+    servers: list[ServerOut]

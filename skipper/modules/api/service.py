@@ -26,6 +26,7 @@ from skipper.core.settings import Settings, Workflow
 from skipper.modules.api.artifacts import ArtifactStore
 from skipper.modules.api.coalesce import PredictCoalescer
 from skipper.modules.api.registry import RegistryService
+from skipper.modules.api.replicas import ReplicaView
 from skipper.modules.api.schemas import ModelSchemas
 from skipper.modules.api.validation import parse_instances, resolve_params
 
@@ -50,7 +51,8 @@ class ApiService:
     """Submit and cancel training, read tasks and models, deploy, download, predict."""
 
     def __init__(self, *, settings: Settings, bus: Transport, events: EventEmitter, tasks: TaskRepository,
-                 registry: ModelRegistry, store: ArtifactStore, announcer: RegistryService) -> None:
+                 registry: ModelRegistry, store: ArtifactStore, announcer: RegistryService,
+                 replicas: ReplicaView | None = None) -> None:
         self._settings = settings
         self._bus = bus
         self._events = events
@@ -58,6 +60,7 @@ class ApiService:
         self._registry = registry
         self._store = store
         self._announcer = announcer
+        self._replicas = replicas or ReplicaView(settings.bus.signing_key)
         self.schemas = ModelSchemas(registry, settings.workflows)
         # In-process the server batches by itself; across a broker, fewer and larger bus requests pay.
         self._coalescer = (
@@ -160,6 +163,12 @@ class ApiService:
         """A version and its archive's bytes."""
         found = await self.version(model, version)
         return found, await asyncio.to_thread(self._store.read, found.path)
+
+    # --- servers --------------------------------------------------------------------------
+
+    def servers(self) -> list[dict[str, Any]]:
+        """The serving replicas heard from lately, with the model versions each serves."""
+        return self._replicas.replicas()
 
     # --- predictions ----------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from skipper.modules.serving import store
 from skipper.modules.serving.batching import Batcher, rows_from_instances
 from skipper.modules.serving.memory import Footprint, MemoryGuard, footprint
 from skipper.modules.serving.predictor import Predictor, resolve_predictor
+from skipper.modules.serving.presence import Presence
 from skipper.modules.serving.release import Release, supersedes
 
 log = logging.getLogger("skipper.serving")
@@ -50,10 +51,11 @@ class ServingModule(Module):
 
     name = "serving"
 
-    def __init__(self, *, settings: Settings, bus: Transport, events: EventEmitter) -> None:
+    def __init__(self, *, settings: Settings, bus: Transport, events: EventEmitter, role: str = "server") -> None:
         self._settings = settings
         self._bus = bus
         self._events = events
+        self.presence = Presence(bus=bus, settings=settings, role=role, versions=self.versions)
         self._models: dict[str, Loaded] = {}
         self._retiring: list[Loaded] = []  # swapped out, finishing their requests: still in memory
         self._loading: dict[str, Footprint] = {}  # model -> the version being loaded now
@@ -75,9 +77,13 @@ class ServingModule(Module):
         bus.on_connected(self.catch_up)
         # No predict consumer yet: each model's queue is consumed once a version of it is loaded.
 
+    async def start(self) -> None:
+        await self.presence.start()
+
     async def drain(self) -> None:
         """Shutdown began: not ready, and no new predict requests (those taken are answered before the bus closes)."""
         self._draining = True
+        await self.presence.stop()
         if self._resync_task is not None:
             self._resync_task.cancel()
         for model in sorted(self._attached):
@@ -100,7 +106,11 @@ class ServingModule(Module):
         return self._ready and not self._draining
 
     def readiness(self) -> dict[str, Any]:
-        return {"models": {name: loaded.version for name, loaded in self._models.items()}}
+        return {"models": self.versions()}
+
+    def versions(self) -> dict[str, int]:
+        """The version of each model this server serves now."""
+        return {name: loaded.version for name, loaded in self._models.items()}
 
     def loaded(self, model: str) -> Loaded | None:
         """What serves `model` now, if anything."""
@@ -203,6 +213,7 @@ class ServingModule(Module):
                 data = None  # the archive's bytes are not needed once extracted and loaded
             inline = self._swap(release, prepared, needs)
         await self._serve_requests_for(release.model)
+        self._spawn(self.presence.announce())  # the replica view shows the new version at once
         took_ms = round((time.perf_counter() - started) * 1000, 1)
         log.info("installed %s v%d (seq %d) in %.0f ms %s; full batch %.2f ms, run %s", release.model,
                  release.version, release.seq, took_ms, prepared.timings, prepared.batch_ms,
