@@ -111,6 +111,10 @@ class AuthSettings(_Section):
     keys: list[ApiKey] = Field(default_factory=list)
     keys_file: Path | None = None  # same list in its own YAML/JSON file (a mounted Secret)
     protect_metrics: bool = False  # /metrics then needs the `read` scope
+    # Signs the dashboard's session cookies and CSRF tokens; unset: a random one per process (every api
+    # replica needs the same secret for a session to work across them, and a restart logs everyone out).
+    session_secret: SecretStr | None = Field(None, min_length=16)
+    session_max_age_s: int = Field(12 * 3600, ge=60)
 
 
 class Limits(_Section):

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from skipper.core import contracts, signing
+from skipper.core.auth import CredentialSource
 from skipper.core.bus import Transport
 from skipper.core.errors import ArtifactRejected
 from skipper.core.events import EventEmitter
@@ -15,6 +16,7 @@ from skipper.core.repositories import ModelRegistry, TaskRepository
 from skipper.core.routing import Endpoint, RouteGroup
 from skipper.core.settings import Settings
 from skipper.modules.api.artifacts import ArtifactStore
+from skipper.modules.api.dashboard import Dashboard
 from skipper.modules.api.legacy import LegacyRoutes
 from skipper.modules.api.registry import RegistryService
 from skipper.modules.api.replicas import ReplicaView
@@ -38,6 +40,7 @@ class ApiModule(Module):
                                   announcer=self.registry, replicas=self.replicas)
         self._api = ApiRoutes(self.service)
         self._legacy = LegacyRoutes(self.service, settings.http.max_json_depth)
+        self._dashboard = Dashboard(self.service, settings)
 
     def register(self, bus: Transport) -> None:
         self.registry.register(bus)
@@ -54,7 +57,11 @@ class ApiModule(Module):
         self.service.schemas.update(str(msg.headers.get("model")), msg.headers.get("metadata") or {})
 
     def routes(self) -> Sequence[Endpoint | RouteGroup]:
-        return self._api.routes() + self._legacy.routes()
+        return [*self._api.routes(), *self._legacy.routes(), *self._dashboard.routes()]
+
+    def credentials(self) -> Sequence[CredentialSource]:
+        sessions = self._dashboard.sessions
+        return [sessions] if sessions.enabled else []
 
     def ready(self) -> bool:
         return self._bus.connected

@@ -50,12 +50,15 @@ class EventFeed:
         self._moved = asyncio.Event()
         self._nudged = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     async def start(self) -> None:
         self.horizon = await asyncio.to_thread(self._events.last_id)
+        self._stopped = False
         self._task = asyncio.create_task(self._run(), name="skipper.events.feed")
 
     async def stop(self) -> None:
+        self._stopped = True  # checked too: Python 3.11's wait_for can swallow the cancellation
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -80,7 +83,7 @@ class EventFeed:
         return self.horizon
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopped:
             try:
                 await self.advance()
             except asyncio.CancelledError:

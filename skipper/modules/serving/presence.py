@@ -9,6 +9,7 @@ The api keeps the last announcement of each server and forgets one silent for th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -38,6 +39,7 @@ class Presence:
         self._started = time.monotonic()
         self._started_at = time.time()
         self._task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
 
     def body(self, *, leaving: bool = False) -> dict[str, Any]:
         body = {"id": self.id, "host": self.host, "role": self._role, "pid": os.getpid(), "skipper": __version__,
@@ -46,14 +48,18 @@ class Presence:
         return signing.seal(self._settings.bus.signing_key, body)
 
     async def start(self) -> None:
+        self._stopped.clear()
         self._task = asyncio.create_task(self._loop(), name="skipper.serving.presence")
 
     async def stop(self, *, goodbye: bool = True) -> None:
         """Stop announcing and say goodbye (best effort: silence also tells, three periods later)."""
         if self._task is None:
             return
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        self._stopped.set()  # not cancel(): Python 3.11's wait_for can swallow a cancellation
+        done, _ = await asyncio.wait([self._task], timeout=3)
+        if not done:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         self._task = None
         if goodbye:
             await self.announce(leaving=True)
@@ -66,6 +72,7 @@ class Presence:
             log.debug("could not announce this server: %s", exc)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopped.is_set():
             await self.announce()
-            await asyncio.sleep(self._settings.serving.announce_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), self._settings.serving.announce_s)
