@@ -181,6 +181,11 @@ class Workflow(_Section):
     limits: WorkflowLimits = Field(default_factory=WorkflowLimits)
 
 
+class LogSettings(_Section):
+    # auto: one readable line per record on a terminal, JSON lines otherwise; json or text: always that.
+    format: Literal["auto", "json", "text"] = "auto"
+
+
 class Settings(_Section):
     transport: Literal["memory", "rabbitmq", "dramatiq"] = "memory"
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -190,7 +195,8 @@ class Settings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_json: bool = True
+    log_json: bool = True  # false: text whatever log.format says (kept for older configs)
+    log: LogSettings = Field(default_factory=LogSettings)
     bus: BusSettings = Field(default_factory=BusSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)

@@ -38,6 +38,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline';
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SCOPES: tuple[Access, ...] = ("read", "predict", "train", "deploy", "admin")
 DASH = "\u2013"  # an en dash: no value
+NAV = {"workflows.html": "workflows", "tasks.html": "tasks", "task.html": "tasks", "models.html": "models",
+       "predict.html": "predict"}
 
 
 class AssetPath(BaseModel):
@@ -109,7 +111,7 @@ class Dashboard:
         can = {s: principal.allows(s) for s in SCOPES} if principal else dict.fromkeys(SCOPES, False)
         html = self._env.get_template(template).render(
             ui=UI, api=API_BASE, version=__version__, csrf=self.sessions.csrf_token(nonce), who=who, can=can,
-            login=self.sessions.enabled, path=request.url.path, **context)
+            login=self.sessions.enabled, nav=NAV.get(template, ""), **context)
         response = HTMLResponse(html, status_code=status, headers={"content-security-policy": CSP,
                                                                    "x-content-type-options": "nosniff",
                                                                    "cache-control": "no-store"})

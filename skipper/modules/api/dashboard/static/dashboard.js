@@ -27,7 +27,11 @@
   window.skipperDraws = [];  // the number of epochs drawn at each redraw (the browser test reads it)
 
   function $(id) { return document.getElementById(id); }
-  function fmt(v) { return v === null || v === undefined ? "\u2013" : (Math.abs(v) >= 1000 ? v.toFixed(1) : Number(v).toPrecision(4)); }
+  function fmt(v) {
+    if (v === null || v === undefined) return "\u2013";
+    if (typeof v !== "number") return String(v);
+    return Number.isInteger(v) ? String(v) : (Math.abs(v) >= 1000 ? v.toFixed(1) : Number(v.toPrecision(4)).toString());
+  }
 
   function setStatus(s) {
     status = s;
@@ -57,7 +61,8 @@
     return new uPlot({
       width: s.width, height: s.height, series: series, legend: { live: true },
       scales: { x: { time: false } },
-      axes: [{ label: "epoch", grid: { stroke: "#eef1f5" } }, { grid: { stroke: "#eef1f5" }, size: 60 }],
+      axes: [{ label: "epoch", grid: { stroke: "#eef1f5" }, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] },
+             { grid: { stroke: "#eef1f5" }, size: 60 }],
     }, [[]].concat(names.map(function () { return []; })), el);
   }
 
@@ -91,20 +96,36 @@
     setProgress(epoch, f.epochs);
     $("last-loss").textContent = fmt(f.loss);
     $("last-val-loss").textContent = fmt(m.val_loss);
-    if (status === "queued") setStatus("running");
+    if (status === "queued") { setStatus("running"); refreshSummary(); }
     draw();
   }
 
   function logEvent(e) {
     var row = document.createElement("tr");
     row.className = "kind-" + e.kind.replace(/\./g, "-");
-    var details = Object.assign({}, e.fields);
-    [e.id, (e.at || "").replace("T", " ").slice(11, 23), e.kind, e.source, JSON.stringify(details)].forEach(function (v) {
+    [e.id, (e.at || "").replace("T", " ").slice(11, 23), e.kind, e.source, describe(e)].forEach(function (v) {
       var td = document.createElement("td");
       td.textContent = v;
       row.appendChild(td);
     });
     $("event-log").appendChild(row);
+  }
+
+  // An event's fields in a line: numbers shortened, the progress's metrics flattened.
+  function describe(e) {
+    var f = Object.assign({}, e.fields || {}), parts = [];
+    if (e.kind === "task.progress") {
+      parts.push("epoch " + f.epoch + "/" + f.epochs, "loss " + fmt(f.loss));
+      Object.keys(f.metrics || {}).sort().forEach(function (k) { parts.push(k + " " + fmt(f.metrics[k])); });
+      return parts.join("  \u00b7  ");
+    }
+    Object.keys(f).forEach(function (k) {
+      var v = f[k];
+      if (typeof v === "number") v = fmt(v);
+      else if (v && typeof v === "object") v = JSON.stringify(v);
+      parts.push(k + "=" + v);
+    });
+    return parts.join("  ");
   }
 
   function refreshSummary() {
@@ -119,7 +140,10 @@
     seen[e.id] = true;
     logEvent(e);
     if (e.kind === "task.progress") onProgress(e.fields || {});
-    else if (STATUS[e.kind] && !finished) setStatus(STATUS[e.kind]);
+    else if (STATUS[e.kind] && !finished) {
+      if (status !== STATUS[e.kind]) refreshSummary();
+      setStatus(STATUS[e.kind]);
+    }
     else if (TERMINAL[e.kind]) {
       finished = true;
       setStatus(TERMINAL[e.kind]);
