@@ -21,6 +21,7 @@ from skipper.core.errors import Conflict, NotFound, SkipperError, TooManyRequest
 from skipper.core.events import EventEmitter
 from skipper.core.limits import check_train_limits
 from skipper.core.messages import Message, new_id
+from skipper.core.metrics import LATENCY_BUCKETS
 from skipper.core.repositories import ModelRegistry, ModelVersion, Task, TaskRepository
 from skipper.core.settings import Settings, Workflow
 from skipper.modules.api.artifacts import ArtifactStore
@@ -31,7 +32,8 @@ from skipper.modules.api.schemas import ModelSchemas
 from skipper.modules.api.validation import parse_instances, resolve_params
 
 PREDICTIONS = Counter("skipper_predictions_total", "Prediction requests by model and outcome", ["model", "outcome"])
-PREDICT_SECONDS = Histogram("skipper_predict_seconds", "Prediction request latency at the api", ["model"])
+PREDICT_SECONDS = Histogram("skipper_predict_seconds", "Prediction request latency at the api", ["model"],
+                            buckets=LATENCY_BUCKETS)
 TRAIN_REQUESTS = Counter("skipper_train_requests_total", "Train requests by workflow", ["workflow"])
 OTHER_MODEL = "_other"  # the label of every model name no workflow or registry knows: labels stay bounded
 QUEUE_RETRY_AFTER_S = 5.0

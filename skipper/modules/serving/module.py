@@ -9,13 +9,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from skipper.core import contracts, signing
 from skipper.core.bus import Transport
 from skipper.core.errors import ArtifactRejected, ModelNotReady, SkipperError, ValidationFailed
 from skipper.core.events import EventEmitter
 from skipper.core.messages import Message
+from skipper.core.metrics import BATCH_BUCKETS
 from skipper.core.module import Module
 from skipper.core.settings import Settings
 from skipper.modules.serving import store
@@ -29,6 +30,8 @@ log = logging.getLogger("skipper.serving")
 
 SERVED = Counter("skipper_served_predictions_total", "Predict requests this server answered", ["model"])
 SERVED_VERSION = Gauge("skipper_served_model_version", "The model version this server serves", ["model"])
+BATCH_ROWS = Histogram("skipper_batch_rows", "Rows per model call (micro-batch size)", ["model"], buckets=BATCH_BUCKETS)
+QUEUED_ROWS = Gauge("skipper_batch_queue_rows", "Rows waiting for a model call", ["model"])
 
 
 @dataclass(slots=True)
@@ -229,12 +232,14 @@ class ServingModule(Module):
         serving = self._settings.serving
         inline = prepared.batch_ms <= store.INLINE_BUDGET_MS
         batcher = Batcher(prepared.predictor.predict, max_rows=serving.max_batch_size,
-                          max_wait_ms=serving.max_wait_ms, inline=inline, max_queued_rows=serving.max_queued_rows)
+                          max_wait_ms=serving.max_wait_ms, inline=inline, max_queued_rows=serving.max_queued_rows,
+                          on_batch=BATCH_ROWS.labels(release.model).observe)
         old = self._models.get(release.model)
         # The swap: one reference assignment on the loop. Requests that already looked up
         # `old` finish on it; every later lookup sees the new version.
         self._models[release.model] = Loaded(release, prepared.predictor, batcher, prepared.directory, needs)
         SERVED_VERSION.labels(release.model).set(release.version)
+        QUEUED_ROWS.labels(release.model).set_function(lambda: batcher.queued_rows)  # read at scrape time
         if old is not None:
             self._retiring.append(old)
             self._spawn(self._retire(old))

@@ -10,6 +10,7 @@ each action its own; the login page is open. Pages are not part of `openapi.json
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -67,13 +68,17 @@ class Dashboard:
     def __init__(self, service: ApiService, settings: Settings) -> None:
         self._service = service
         self._settings = settings
-        self.sessions = Sessions(settings, configured_keys(settings), path=API_BASE)
         self._env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self._env.filters["metric"] = _metric
         self._env.filters["duration"] = _duration
         self._env.filters["when"] = _when
         self._style = ErrorStyle("html", SKIPPER_ERRORS.render, SKIPPER_ERRORS.schema, respond=self._error)
+
+    @functools.cached_property
+    def sessions(self) -> Sessions:
+        # Built when the app is (not with the module): a bad keys file is a ConfigError where the CLI reports it.
+        return Sessions(self._settings, configured_keys(self._settings), path=API_BASE)
 
     def routes(self) -> list[RouteGroup]:
         def page(path: str, handler: Any, scope: Any = "read", **kw: Any) -> Endpoint:
