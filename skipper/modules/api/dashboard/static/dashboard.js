@@ -139,6 +139,7 @@
     if (seen[e.id]) return;
     seen[e.id] = true;
     logEvent(e);
+    if (e.kind === "task.started" && e.fields && e.fields.attempt !== undefined) $("attempt").textContent = String(e.fields.attempt + 1);
     if (e.kind === "task.progress") onProgress(e.fields || {});
     else if (STATUS[e.kind] && !finished) {
       if (status !== STATUS[e.kind]) refreshSummary();
