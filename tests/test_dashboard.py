@@ -134,3 +134,18 @@ async def test_pages_load_nothing_from_elsewhere_and_each_weighs_under_150_kb(tm
             response = await client.get(f"{UI}/static/{licence}")
             assert response.status_code == 200 and ("BSD" in response.text or "MIT" in response.text)
         assert (await client.get(f"{UI}/static/..%2Fsession.py")).status_code == 404
+
+
+async def test_the_tasks_page_filters_by_workflow_and_status(tmp_path: Path) -> None:
+    async with running_skipper(tmp_path, frozenset({"api"})) as (client, _):
+        client.base_url = httpx.URL("http://127.0.0.1")
+        ids = {}
+        for workflow in ["diabetes", "wine", "wine"]:
+            ids.setdefault(workflow, []).append(
+                (await client.post(f"/api/v1/skipper/workflows/{workflow}/train", json={})).json()["task_id"])
+        await client.delete(f"/api/v1/skipper/tasks/{ids['wine'][0]}")
+        rows = await client.get(f"{UI}/tasks/rows", params={"workflow": "wine", "status": "queued"})
+        assert re.findall(r'data-task="(\w+)"', rows.text) == [ids["wine"][1]]
+        page = await client.get(f"{UI}/tasks", params={"status": "cancelled"})
+        assert re.findall(r'data-task="(\w+)"', page.text) == [ids["wine"][0]]
+        assert 'hx-get="/api/v1/skipper/ui/tasks/rows?status=cancelled"' in page.text  # live updates keep the filter

@@ -129,6 +129,12 @@ def test_a_user_trains_watches_the_curve_rolls_back_and_predicts_in_a_browser(sk
         expect(row).to_contain_text("5/5")
         expect(page.locator(f"tr[data-task='{blocker['task_id']}']")).to_contain_text("cancelled")
         shoot(page, "5-tasks")
+        # and follows what happens without a reload: a task queued elsewhere shows up, then its cancel
+        status, other = http("POST", f"{skipper.url}/workflows/wine/train", {"params": {"epochs": 500, "batch_size": 1}})
+        assert status == 202, other
+        expect(page.locator(f"tr[data-task='{other['task_id']}']")).to_be_visible(timeout=10_000)
+        assert http("DELETE", f"{skipper.url}/tasks/{other['task_id']}")[0] == 200
+        expect(page.locator(f"tr[data-task='{other['task_id']}']")).to_contain_text("cancelled", timeout=10_000)
 
         # The models page shows the new version in production, and rolls back with a click
         page.goto(f"{skipper.url}/ui/models")
