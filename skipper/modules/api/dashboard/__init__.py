@@ -9,13 +9,11 @@ each action its own; the login page is open. Pages are not part of `openapi.json
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import jinja2
 from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
@@ -25,7 +23,8 @@ from skipper.core.auth import OPEN, Access, Principal, configured_keys
 from skipper.core.errors import NotFound, SkipperError, ValidationFailed
 from skipper.core.routing import API_BASE, SKIPPER_ERRORS, Call, Endpoint, ErrorStyle, RouteGroup
 from skipper.core.settings import Settings
-from skipper.modules.api.dashboard.forms import read_form, train_fields, train_params
+from skipper.modules.api.dashboard.forms import field_errors, read_form, train_fields, train_params
+from skipper.modules.api.dashboard.render import environment
 from skipper.modules.api.dashboard.session import Sessions
 from skipper.modules.api.models import ModelPath, TaskPath, TasksQuery, VersionPath, WorkflowPath
 from skipper.modules.api.service import ApiService
@@ -38,7 +37,6 @@ MEDIA = {".js": "text/javascript", ".css": "text/css", ".md": "text/markdown"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SCOPES: tuple[Access, ...] = ("read", "predict", "train", "deploy", "admin")
-DASH = "\u2013"  # an en dash: no value
 NAV = {"workflows.html": "workflows", "tasks.html": "tasks", "task.html": "tasks", "models.html": "models",
        "predict.html": "predict"}
 
@@ -68,11 +66,7 @@ class Dashboard:
     def __init__(self, service: ApiService, settings: Settings) -> None:
         self._service = service
         self._settings = settings
-        self._env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-        self._env.filters["metric"] = _metric
-        self._env.filters["duration"] = _duration
-        self._env.filters["when"] = _when
+        self._env = environment(HERE / "templates")
         self._style = ErrorStyle("html", SKIPPER_ERRORS.render, SKIPPER_ERRORS.schema, respond=self._error)
 
     @functools.cached_property
@@ -240,7 +234,7 @@ class Dashboard:
                 task = await self._service.train(name, {"params": params}, actor=call.principal.name,
                                                  correlation_id=call.correlation_id)
             except ValidationFailed as exc:
-                errors = _field_errors(exc)
+                errors = field_errors(exc)
             else:
                 return RedirectResponse(f"{UI}/tasks/{quote(task.task_id)}", status_code=303)
         cards = [{"name": n, "workflow": w, "fields": train_fields(w.params, form if n == name else None),
@@ -281,33 +275,3 @@ class Dashboard:
 
 def _filters(q: TasksQuery) -> dict[str, str]:
     return {k: v for k, v in (("workflow", q.workflow), ("status", q.status)) if v}
-
-
-def _field_errors(exc: ValidationFailed) -> dict[str, str]:
-    """`params.epochs: ...` errors of the service as {form field: message}."""
-    entries = exc.details.get("errors") or [{"field": exc.details.get("field", ""), "message": exc.message}]
-    errors: dict[str, str] = {}
-    for entry in entries:
-        field = str(entry.get("field", "")).removeprefix("params.").split(".", 1)[0] or "_form"
-        message = str(entry.get("message", exc.message))
-        errors.setdefault(field, message.split(": ", 1)[-1] if message.startswith("params.") else message)
-    return errors
-
-
-def _metric(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return DASH if value is None else str(value)
-
-
-def _duration(task: Any) -> str:
-    if not task.started_at:
-        return DASH
-    start = dt.datetime.fromisoformat(task.started_at)
-    end = dt.datetime.fromisoformat(task.finished_at) if task.finished_at else dt.datetime.now(dt.UTC)
-    seconds = max(0.0, (end - start).total_seconds())
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-def _when(iso: str | None) -> str:
-    return DASH if not iso else iso.replace("T", " ")[:19]

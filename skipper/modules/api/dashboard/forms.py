@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
-from skipper.core.errors import PayloadTooLarge
+from skipper.core.errors import PayloadTooLarge, ValidationFailed
 from skipper.core.settings import TrainParams
 
 MAX_FORM_BYTES = 64 * 1024
@@ -112,3 +112,14 @@ def train_params(form: dict[str, str], defaults: TrainParams) -> tuple[dict[str,
             errors[name] = "comma-separated whole numbers" if name == "hidden_units" else (
                 "a whole number" if field.annotation is int else "a number")
     return params, errors
+
+
+def field_errors(exc: ValidationFailed) -> dict[str, str]:
+    """`params.epochs: ...` errors of the service as {form field: message}."""
+    entries = exc.details.get("errors") or [{"field": exc.details.get("field", ""), "message": exc.message}]
+    errors: dict[str, str] = {}
+    for entry in entries:
+        field = str(entry.get("field", "")).removeprefix("params.").split(".", 1)[0] or "_form"
+        message = str(entry.get("message", exc.message))
+        errors.setdefault(field, message.split(": ", 1)[-1] if message.startswith("params.") else message)
+    return errors
