@@ -3,14 +3,15 @@
 A new user's path: `/` lands on the dashboard; train diabetes from its form with 5 epochs and watch the
 progress bar reach 5/5 and the loss curve draw itself epoch by epoch (the page is open before the first
 epoch: the task waits behind another until the page is up); see the new version; roll back to the
-previous one with its button and see production change; predict from the Predict page. Each page's
-screenshot lands in test-artifacts/dashboard/.
+previous one with its button and see production change; predict from the Predict page. With API keys:
+log in, a session cookie that is HttpOnly and SameSite=Strict, live pages on it, and only what the key may
+do on offer. Each page's screenshot lands in test-artifacts/dashboard/.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,19 +21,23 @@ import pytest
 from tests.processes import ROW, Cluster, Role, eventually, http, train
 from tests.services import CI
 
-pytestmark = [pytest.mark.tensorflow, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "dashboard"
 PAGE_BUDGET = 150_000  # bytes a page may weigh: its HTML, scripts and styles
 
 
-@pytest.fixture
-def skipper(tmp_path: Path) -> Iterator[Role]:
+def require_chromium() -> None:
     if not os.path.exists(CHROMIUM):
         if CI:
             raise RuntimeError(f"{CHROMIUM} is missing in CI (.ci/run installs the chromium package)")
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
+
+
+@pytest.fixture
+def skipper(tmp_path: Path) -> Iterator[Role]:
+    require_chromium()
     cluster = Cluster(env={"SKIPPER_LOG_JSON": "false", "SKIPPER_SERVING__ANNOUNCE_S": "1"}, workdir=tmp_path)
     try:
         role = cluster.start("all", "skipper")
@@ -58,11 +63,11 @@ def shoot(page: Any, name: str) -> None:
     assert weight(page) < PAGE_BUDGET, f"{name} weighs {weight(page)} bytes"
 
 
+@pytest.mark.tensorflow
 def test_a_user_trains_watches_the_curve_rolls_back_and_predicts_in_a_browser(skipper: Role) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    shutil.rmtree(SHOTS, ignore_errors=True)
-    SHOTS.mkdir(parents=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
     root = f"http://127.0.0.1:{skipper.port}"
     # A long task trains first: the one the browser queues waits until its page is open.
     status, blocker = http("POST", f"{skipper.url}/workflows/wine/train", {"params": {"epochs": 500, "batch_size": 1}})
@@ -159,3 +164,56 @@ def test_a_user_trains_watches_the_curve_rolls_back_and_predicts_in_a_browser(sk
         assert errors == [], errors
         browser.close()
     assert http("GET", f"{skipper.url}/models/diabetes")[1]["production_version"] == 1
+
+
+def test_with_api_keys_the_browser_logs_in_and_sees_only_what_its_key_may_do(tmp_path: Path) -> None:
+    require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    from skipper.core.apikeys import new_key
+
+    reader, reader_entry = new_key("reader", ["read"])
+    operator, operator_entry = new_key("operator", ["read", "train"])
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(json.dumps([reader_entry, operator_entry]))
+    cluster = Cluster(env={"SKIPPER_AUTH__KEYS_FILE": str(keys_file), "SKIPPER_AUTH__SESSION_SECRET": "x" * 32},
+                      workdir=tmp_path)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        api = cluster.start("api", "api")  # no trainer: a task stays queued until cancelled
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            context = browser.new_context(viewport={"width": 1280, "height": 800})
+            page = context.new_page()
+            page.on("dialog", lambda dialog: dialog.accept())
+            # Given no session, the dashboard asks for a key
+            page.goto(f"http://127.0.0.1:{api.port}/")
+            expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+            page.get_by_label("API key").fill("sk_wrong")
+            page.get_by_role("button", name="Log in").click()
+            expect(page.locator("#login-error")).to_be_visible()
+            shoot(page, "8-login")
+            # When the operator logs in, the session cookie is HttpOnly and SameSite=Strict
+            page.get_by_label("API key").fill(operator)
+            page.get_by_role("button", name="Log in").click()
+            expect(page.get_by_role("button", name="Train diabetes")).to_be_visible()
+            [cookie] = [c for c in context.cookies() if c["name"] == "skipper_session"]
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and operator not in cookie["value"]
+            # and the task page's live stream runs on that cookie: queued, then cancelled with its button
+            page.locator("#workflow-diabetes").get_by_role("button", name="Train diabetes").click()
+            page.wait_for_url(f"{api.url}/ui/tasks/*")
+            expect(page.locator("#event-log")).to_contain_text("task.queued")
+            page.get_by_role("button", name="Cancel task").click()
+            expect(page.locator("#status")).to_have_text("cancelled", timeout=15_000)
+            # Then a key that may only read is offered neither training nor cancelling
+            page.get_by_role("button", name="Log out").click()
+            page.get_by_label("API key").fill(reader)
+            page.get_by_role("button", name="Log in").click()
+            expect(page.locator("#workflow-diabetes")).to_contain_text("lacks the train scope")
+            assert page.get_by_role("button", name="Train diabetes").count() == 0
+            browser.close()
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        cluster.stop()
