@@ -139,7 +139,7 @@ async def task_events(feed: EventFeed, events: EventRepository, tasks: TaskRepos
     """A task's events after `last_id` (from its first when None); ends once the task is over.
 
     Over: failed or cancelled (and that event sent), or succeeded and a server reported
-    installing or rejecting its version (or none did within `install_wait_s`).
+    installing or rejecting its version; or finished more than `install_wait_s` ago.
     """
     last = last_id or 0
     while True:
@@ -154,8 +154,10 @@ async def task_events(feed: EventFeed, events: EventRepository, tasks: TaskRepos
         task = await asyncio.to_thread(tasks.get, task_id)
         if task.status in TERMINAL:
             kinds = await asyncio.to_thread(events.kinds, task_id, upto=horizon)
-            installed = bool(kinds & INSTALL_KINDS) or _age_s(task.finished_at) >= install_wait_s
-            if kinds & END_KINDS[task.status] and (task.status != "succeeded" or installed):
+            told = bool(kinds & END_KINDS[task.status])
+            settled = task.status != "succeeded" or bool(kinds & INSTALL_KINDS)
+            # Long over without those events (no server runs, or an event was lost): over all the same.
+            if (told and settled) or _age_s(task.finished_at) >= install_wait_s:
                 return
         await feed.wait(horizon, idle_s)
 
