@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"skipper: {exc.message}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, json_lines=settings.log_json, role=role_label(roles))
+    configure_logging(settings.log_level, json_lines=settings.log_json, role=role_label(roles), fmt=settings.log.format)
     runtime = Runtime(settings, roles)
     try:
         app = runtime.app()  # refuses to expose protected routes without keys

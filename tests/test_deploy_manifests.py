@@ -30,7 +30,8 @@ K8S = ROOT / "k8s"
 TARGETS = {"base": K8S / "base", "dev": K8S / "overlays" / "dev", "prod": K8S / "overlays" / "prod"}
 SECRET_EXAMPLE = K8S / "base" / "secret.example.env"
 AUTH_EXAMPLES = {"api-keys.yaml": K8S / "base" / "auth" / "api-keys.example.yaml",
-                 "signing-key": K8S / "base" / "auth" / "signing-key.example"}
+                 "signing-key": K8S / "base" / "auth" / "signing-key.example",
+                 "session-secret": K8S / "base" / "auth" / "session-secret.example"}
 # The newest Kubernetes version whose schemas kubernetes-validate ships (pinned by requirements.lock).
 K8S_VERSION = kubernetes_validate.latest_version()
 

@@ -8,6 +8,7 @@ writes its 400/401/403/404/415/422 as `{"error": "<text>"}`.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -30,6 +31,10 @@ OPEN_ROUTES = {("GET", f"{BASE}/health"), ("GET", f"{BASE}/ready"), ("GET", f"{B
                ("GET", f"{BASE}/openapi.json"), ("GET", f"{BASE}/docs"),
                ("GET", "/v2/health/live"), ("GET", "/v2/health/ready")}  # the Open Inference Protocol's health
 PROTOCOLS = ("/v2", "/v1/models/")  # Open Inference Protocol, TensorFlow Serving: at the root, string errors
+# Open, and not in openapi.json: assets, the dashboard's login and logout, and `/` (a redirect to the dashboard).
+OPEN_HIDDEN = {("GET", f"{BASE}/docs/{{asset}}"), ("GET", f"{BASE}/ui/static/{{asset}}"), ("GET", f"{BASE}/ui/login"),
+               ("POST", f"{BASE}/ui/login"), ("POST", f"{BASE}/ui/logout"), ("GET", "/")}
+UI = f"{BASE}/ui"
 UNKNOWN_KEY = "sk_" + "x" * 43
 
 
@@ -37,9 +42,11 @@ def expected_scope(method: str, path: str) -> str:
     """The policy of docs/security.md, written independently of the route declarations."""
     if (method, path) in OPEN_ROUTES:
         return "open"
+    if method == "GET" and path.startswith(f"{BASE}/ui/"):
+        return "read"  # a dashboard page shows; its forms need the action's own scope
     if path.startswith(PROTOCOLS) or path.endswith(("/predict", "/execute_sync")):
         return "predict"
-    if path.endswith(("/train", "/execute_async")) or (method == "DELETE" and path.startswith(f"{BASE}/tasks/")):
+    if path.endswith(("/train", "/execute_async", "/cancel")) or (method == "DELETE" and path.startswith(f"{BASE}/tasks/")):
         return "train"
     if path.endswith(("/deploy", "/artifact")):
         return "deploy"
@@ -57,6 +64,11 @@ class Clients:
         headers = bearer(key) if key else {}
         if method in ("POST", "PUT", "DELETE"):
             return await self.http.request(method, url, json={}, headers=headers)
+        if url.endswith("/events/stream"):  # endless: refused at once, or streaming (the ASGI client waits for the end)
+            try:
+                return await asyncio.wait_for(self.http.request(method, url, headers=headers), 0.5)
+            except TimeoutError:
+                return httpx.Response(200, text="(streaming)")
         return await self.http.request(method, url, headers=headers)
 
 
@@ -128,7 +140,7 @@ async def test_every_route_refuses_callers_without_a_fitting_key(clients: Client
                 assert error_code(response, path) == "forbidden", where
 
 
-async def test_every_route_of_the_app_is_in_openapi_json_or_is_an_open_asset(clients: Clients) -> None:
+async def test_every_route_of_the_app_is_in_openapi_json_or_is_open_or_is_a_dashboard_page(clients: Clients) -> None:
     # Given the routes the app really serves, and what openapi.json (hence the walk above) covers
     document = (await clients.http.get(f"{BASE}/openapi.json")).json()
     documented = {(m, p) for m, p, _ in operations(document)}
@@ -137,9 +149,50 @@ async def test_every_route_of_the_app_is_in_openapi_json_or_is_an_open_asset(cli
     # Then every served route is declared, and every declared one is documented or open
     assert served == set(declared)
     hidden = {route: e for route, e in declared.items() if route not in documented}
-    assert {route for route, e in hidden.items() if e.scope != "open"} == set(), "protected routes missing from the walk"
-    assert set(hidden) == {("GET", f"{BASE}/docs/{{asset}}")}
+    assert {route for route, e in hidden.items() if e.scope == "open"} == OPEN_HIDDEN
+    # protected ones outside the walk above are the dashboard's pages and forms, which the next test walks
+    protected = {route for route, e in hidden.items() if e.scope != "open"}
+    assert protected and all(path.startswith(UI + "/") for _, path in protected), "protected routes missing from the walks"
     assert {route for route in documented if expected_scope(*route) == "open"} == OPEN_ROUTES
+
+
+async def test_every_dashboard_route_refuses_callers_without_a_fitting_key(clients: Clients) -> None:
+    # Given the dashboard's routes (not in openapi.json), and this browser's CSRF token for its forms
+    login = await clients.http.get(f"{UI}/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', login.text)
+    assert login.status_code == 200 and csrf, login.text
+    form = {"csrf": csrf.group(1)}
+    examples = {"task_id": "3f2c9a0d4b1e4c7f8a6b5d4c3b2a1f0e", "workflow": "diabetes", "model": "diabetes", "version": "1"}
+    walked = [(e.method, g.prefix + e.path, e.scope) for g in clients.app.state.route_groups for e in g.endpoints
+              if g.prefix == UI and e.scope != "open"]
+    assert len(walked) >= 10
+
+    async def call(method: str, url: str, key: str | None) -> httpx.Response:
+        headers = bearer(key) if key else {}
+        if method == "POST":
+            return await clients.http.post(url, data=form, headers=headers)
+        return await clients.http.get(url, headers=headers)
+
+    def refused(response: httpx.Response, method: str, where: str) -> None:
+        if method == "GET":  # a page sends a browser to the login page
+            assert response.status_code == 303, f"{where}: {response.status_code}"
+            assert response.headers["location"].startswith(f"{UI}/login?next="), where
+        else:
+            assert response.status_code == 401, f"{where}: {response.status_code}"
+
+    for method, path, scope in walked:
+        where = f"{method} {path} ({scope})"
+        assert scope == expected_scope(method, path), f"{where}: the policy says {expected_scope(method, path)}"
+        url = re.sub(r"{([^}]+)}", lambda m: examples[m.group(1)], path)
+        refused(await call(method, url, None), method, f"{where}, no key")
+        refused(await call(method, url, UNKNOWN_KEY), method, f"{where}, unknown key")
+        for other in SCOPES:
+            response = await call(method, url, clients.keys[other])
+            if other in (scope, "admin"):
+                assert response.status_code not in (401, 403), f"{where} with the {other} key: {response.status_code}"
+                assert not response.headers.get("location", "").startswith(f"{UI}/login"), where
+            else:
+                assert response.status_code == 403, f"{where} with the {other} key: {response.status_code}"
 
 
 async def test_a_key_is_sent_as_bearer_and_anything_else_is_401(clients: Clients) -> None:

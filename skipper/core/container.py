@@ -51,12 +51,13 @@ class Container(containers.DeclarativeContainer):
         construct, "skipper.modules.api.ApiModule", settings=settings, bus=transport,
         events=providers.Factory(EventEmitter, transport, "api"), tasks=tasks, registry=registry, store=artifact_store,
     )
-    logging_module = providers.Singleton(construct, "skipper.modules.logging.LoggingModule", events=event_log, tasks=tasks)
+    logging_module = providers.Singleton(construct, "skipper.modules.logging.LoggingModule", events=event_log, tasks=tasks,
+                                         settings=settings)
     training_module = providers.Singleton(
         construct, "skipper.modules.training.TrainingModule", settings=settings, bus=transport,
         events=providers.Factory(EventEmitter, transport, "trainer"),
     )
     serving_module = providers.Singleton(
         construct, "skipper.modules.serving.ServingModule", settings=settings, bus=transport,
-        events=providers.Factory(EventEmitter, transport, "server"),
+        events=providers.Factory(EventEmitter, transport, "server"), role=role,
     )

@@ -26,6 +26,7 @@ def predict_queue(model: str) -> str:
 # Fanout topics (every live subscriber).
 MODEL_PUBLISHED = "model.published"  # api -> servers (and api replicas): a version to serve
 TASK_CANCELLED = "task.cancelled"  # api -> trainers: stop at the next epoch
+SERVER_ANNOUNCED = "server.announced"  # servers -> api: who serves what, every serving.announce_s
 
 # Message types.
 TRAIN_COMMAND = "train.command"

@@ -134,6 +134,9 @@ def create_app(*, settings: Settings, role: str, modules: Sequence[Module], life
         groups += grouped(module.routes())
     protected = any(e.scope != OPEN for g in groups for e in g.endpoints)
     guard = build_guard(settings, protected_routes=protected)
+    for module in modules:
+        for source in module.credentials():
+            guard.add_source(source)
     http = settings.http
     options = Options(max_body_bytes=http.max_body_bytes, max_json_depth=http.max_json_depth,
                       cors_origins=tuple(http.cors_origins))

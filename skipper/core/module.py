@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from skipper.core.auth import CredentialSource
 from skipper.core.bus import Transport
 from skipper.core.routing import Endpoint, RouteGroup
 
@@ -24,6 +25,10 @@ class Module:
     def routes(self) -> Sequence[Endpoint | RouteGroup]:
         """Declared HTTP routes: endpoints under the API base path (relative, e.g. `/tasks`), or groups
         with their own prefix and error style (the inference protocols at the root path)."""
+        return []
+
+    def credentials(self) -> Sequence[CredentialSource]:
+        """Kinds of credential this module accepts beside API keys (the dashboard's session cookie)."""
         return []
 
     async def start(self) -> None:

@@ -102,7 +102,7 @@ def to_handler(endpoint: Endpoint, group: RouteGroup, guard: Guard, options: Opt
                     body = _body(endpoint.body, body, endpoint.body_required)
             return await endpoint.handler(Call(request, path, query, body, principal))
         except SkipperError as exc:
-            return error_response(exc, style)
+            return style.respond(exc, request) if style.respond is not None else error_response(exc, style)
 
     run.__name__ = getattr(endpoint.handler, "__name__", "endpoint")
     return run

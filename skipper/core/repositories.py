@@ -6,6 +6,7 @@ They return plain dataclasses, never ORM rows, so nothing leaks a session.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -274,5 +275,31 @@ class EventRepository:
             query = query.where(EventRow.kind == kind)
         with self._db.sessions() as s:
             rows = s.scalars(query.order_by(EventRow.at, EventRow.id).limit(limit).offset(offset))
-            return [{"id": r.id, "at": _iso(r.at), "kind": r.kind, "source": r.source, "task_id": r.task_id,
-                     "correlation_id": r.correlation_id, "fields": r.fields} for r in rows]
+            return [_event_json(r) for r in rows]
+
+    def after(self, last_id: int, *, upto: int, task_id: str | None = None, limit: int = 500) -> builtins.list[dict[str, Any]]:
+        """Events with `last_id < id <= upto`, in id order (the order of an event stream), of one task or all."""
+        query = select(EventRow).where(EventRow.id > last_id, EventRow.id <= upto)
+        if task_id:
+            query = query.where(EventRow.task_id == task_id)
+        with self._db.sessions() as s:
+            return [_event_json(r) for r in s.scalars(query.order_by(EventRow.id).limit(limit))]
+
+    def ids_after(self, last_id: int, *, limit: int = 1000) -> builtins.list[int]:
+        """The ids committed above `last_id`, ascending: where an event stream may safely advance to."""
+        with self._db.sessions() as s:
+            return list(s.scalars(select(EventRow.id).where(EventRow.id > last_id).order_by(EventRow.id).limit(limit)))
+
+    def last_id(self) -> int:
+        with self._db.sessions() as s:
+            return int(s.scalar(select(func.max(EventRow.id))) or 0)
+
+    def kinds(self, task_id: str, *, upto: int) -> set[str]:
+        """The kinds of event a task has up to an id: whether its stream has told its end."""
+        with self._db.sessions() as s:
+            return set(s.scalars(select(EventRow.kind).where(EventRow.task_id == task_id, EventRow.id <= upto).distinct()))
+
+
+def _event_json(r: EventRow) -> dict[str, Any]:
+    return {"id": r.id, "at": _iso(r.at), "kind": r.kind, "source": r.source, "task_id": r.task_id,
+            "correlation_id": r.correlation_id, "fields": r.fields}

@@ -129,11 +129,16 @@ class StringError(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class ErrorStyle:
-    """How a group of routes writes an error body, and the schema that documents it."""
+    """How a group of routes writes an error body, and the schema that documents it.
+
+    `respond`, when set, writes the whole response instead (the dashboard's pages: a login
+    redirect for a 401, an HTML page for the rest).
+    """
 
     name: str
     render: Callable[[SkipperError], dict[str, Any]]
     schema: type[BaseModel]
+    respond: Callable[[SkipperError, Request], Response] | None = None
 
 
 SKIPPER_ERRORS = ErrorStyle("skipper", lambda exc: exc.to_payload(), ErrorResponse)

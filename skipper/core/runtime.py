@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from types import FrameType
 from typing import Any
@@ -16,6 +17,7 @@ from skipper.core.container import Container
 from skipper.core.http import create_app
 from skipper.core.module import Module
 from skipper.core.roles import role_label
+from skipper.core.routing import API_BASE
 from skipper.core.settings import Settings
 
 log = logging.getLogger("skipper.runtime")
@@ -132,6 +134,15 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
         super().__init__(config)
         self._runtime = runtime
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and "api" in self._runtime.roles:
+            host = self.config.host
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else (f"[{host}]" if ":" in host else host)
+            port = self.servers[0].sockets[0].getsockname()[1] if self.servers and self.servers[0].sockets else self.config.port
+            url = f"http://{shown}:{port}{API_BASE}/ui/"
+            log.info("dashboard ready at %s", url, extra={"url": url})
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)

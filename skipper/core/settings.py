@@ -70,6 +70,7 @@ class HttpSettings(_Section):
     # Host header allow-list; empty: loopback names when bound to loopback, any host otherwise.
     allowed_hosts: list[str] = Field(default_factory=list)
     cors_origins: list[str] = Field(default_factory=list)  # CORS stays off unless origins are listed
+    sse_heartbeat_s: float = Field(15.0, gt=0, le=3600)  # a comment line this often keeps proxies from closing streams
 
 
 class TrainingSettings(_Section):
@@ -87,6 +88,7 @@ class ServingSettings(_Section):
     catch_up_timeout_s: float = Field(30.0, gt=0)
     max_queued_rows: int = Field(8192, ge=1)  # per model; past it predictions are shed with 503 + Retry-After
     resync_s: float = Field(30.0, gt=0)  # how often a server re-checks the registry's production versions
+    announce_s: float = Field(5.0, gt=0)  # how often a server announces itself; silent for 3 periods: gone
     # The memory guard (see skipper/modules/serving/memory.py): models held plus the one loading
     # must fit the budget; unset, it is the memory limit (given, else the cgroup's) minus headroom.
     memory_budget_mb: float | None = Field(None, gt=0)
@@ -109,6 +111,10 @@ class AuthSettings(_Section):
     keys: list[ApiKey] = Field(default_factory=list)
     keys_file: Path | None = None  # same list in its own YAML/JSON file (a mounted Secret)
     protect_metrics: bool = False  # /metrics then needs the `read` scope
+    # Signs the dashboard's session cookies and CSRF tokens; unset: a random one per process (every api
+    # replica needs the same secret for a session to work across them, and a restart logs everyone out).
+    session_secret: SecretStr | None = Field(None, min_length=16)
+    session_max_age_s: int = Field(12 * 3600, ge=60)
 
 
 class Limits(_Section):
@@ -181,6 +187,11 @@ class Workflow(_Section):
     limits: WorkflowLimits = Field(default_factory=WorkflowLimits)
 
 
+class LogSettings(_Section):
+    # auto: one readable line per record on a terminal, JSON lines otherwise; json or text: always that.
+    format: Literal["auto", "json", "text"] = "auto"
+
+
 class Settings(_Section):
     transport: Literal["memory", "rabbitmq", "dramatiq"] = "memory"
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -190,7 +201,8 @@ class Settings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_json: bool = True
+    log_json: bool = True  # false: text whatever log.format says (kept for older configs)
+    log: LogSettings = Field(default_factory=LogSettings)
     bus: BusSettings = Field(default_factory=BusSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)

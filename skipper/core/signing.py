@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from typing import Any
 
 from pydantic import SecretStr
@@ -40,3 +41,22 @@ def verify(key: SecretStr | None, fields: dict[str, Any]) -> None:
         raise ArtifactRejected("unsigned model announcement refused (bus.signing_key is set)")
     if not hmac.compare_digest(given, _mac(key, fields)):
         raise ArtifactRejected("model announcement with a wrong signature refused")
+
+
+def _body_mac(key: SecretStr, body: dict[str, Any]) -> str:
+    canonical = json.dumps({k: v for k, v in body.items() if k != HEADER}, sort_keys=True, separators=(",", ":"),
+                           default=str)
+    return hmac.new(key.get_secret_value().encode(), canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def seal(key: SecretStr | None, body: dict[str, Any]) -> dict[str, Any]:
+    """A whole JSON body (e.g. a server's announcement of itself) with its signature; unchanged without a key."""
+    return body if key is None else {**body, HEADER: _body_mac(key, body)}
+
+
+def check(key: SecretStr | None, body: dict[str, Any]) -> bool:
+    """Whether `body` carries a valid `seal` (always True without a key)."""
+    if key is None:
+        return True
+    given = body.get(HEADER)
+    return isinstance(given, str) and hmac.compare_digest(given, _body_mac(key, body))

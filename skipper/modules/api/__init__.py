@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from skipper.core import contracts, signing
+from skipper.core.auth import CredentialSource
 from skipper.core.bus import Transport
 from skipper.core.errors import ArtifactRejected
 from skipper.core.events import EventEmitter
@@ -15,9 +16,11 @@ from skipper.core.repositories import ModelRegistry, TaskRepository
 from skipper.core.routing import API_BASE, Endpoint, RouteGroup
 from skipper.core.settings import Settings
 from skipper.modules.api.artifacts import ArtifactStore
+from skipper.modules.api.dashboard import Dashboard
 from skipper.modules.api.legacy import LegacyRoutes
 from skipper.modules.api.oip import OipRoutes
 from skipper.modules.api.registry import RegistryService
+from skipper.modules.api.replicas import ReplicaView
 from skipper.modules.api.routes import ApiRoutes
 from skipper.modules.api.service import ApiService
 from skipper.modules.api.tfserving import TfServingRoutes
@@ -34,17 +37,20 @@ class ApiModule(Module):
         self._settings = settings
         self.registry = RegistryService(settings=settings, bus=bus, events=events, tasks=tasks, registry=registry,
                                         store=store)
+        self.replicas = ReplicaView(settings.bus.signing_key)
         self.service = ApiService(settings=settings, bus=bus, events=events, tasks=tasks, registry=registry, store=store,
-                                  announcer=self.registry)
+                                  announcer=self.registry, replicas=self.replicas)
         self._api = ApiRoutes(self.service)
         self._legacy = LegacyRoutes(self.service, settings.http.max_json_depth, settings.compat.default_workflow)
         self._oip = OipRoutes(self.service, settings.http.max_instances)
         self._tfserving = TfServingRoutes(self.service, settings.http.max_instances)
+        self._dashboard = Dashboard(self.service, settings)
 
     def register(self, bus: Transport) -> None:
         self.registry.register(bus)
         # Another api replica may have promoted a version: keep this replica's feature schemas current.
         bus.subscribe(contracts.MODEL_PUBLISHED, self._on_published)
+        bus.subscribe(contracts.SERVER_ANNOUNCED, self.replicas.on_announced)
 
     async def _on_published(self, msg: Message) -> None:
         try:
@@ -63,7 +69,11 @@ class ApiModule(Module):
                for g in [RouteGroup(API_BASE, native), *protocols, RouteGroup(API_BASE, legacy)]]
         rest = [RouteGroup(g.prefix, [e for e in g.endpoints if not _predicts(e)], g.errors)
                 for g in [RouteGroup(API_BASE, [*legacy, *native]), *protocols]]
-        return [g for g in hot + rest if g.endpoints]
+        return [*(g for g in hot + rest if g.endpoints), *self._dashboard.routes()]
+
+    def credentials(self) -> Sequence[CredentialSource]:
+        sessions = self._dashboard.sessions
+        return [sessions] if sessions.enabled else []
 
     def ready(self) -> bool:
         return self._bus.connected

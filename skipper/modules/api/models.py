@@ -214,3 +214,22 @@ class TaskStatus(TaskOut):
 
     task_status: Literal["Processing", "Success", "Failure", "Revoked"]
     outcome: str | None = None
+
+
+class ServerOut(BaseModel):
+    """A serving replica as it last announced itself."""
+
+    id: str
+    host: str
+    role: str
+    models: dict[str, int] = Field(description="the version of each model it serves")
+    uptime_s: float
+    skipper: str
+    last_seen_s: float = Field(description="seconds since its last announcement")
+    period_s: float = Field(description="how often it announces; silent for three periods, it is dropped")
+
+
+class ServerList(BaseModel):
+    """The serving replicas heard from lately."""
+
+    servers: list[ServerOut]

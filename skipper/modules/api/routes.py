@@ -16,6 +16,7 @@ from skipper.modules.api.models import (
     ModelPath,
     Prediction,
     PredictRequest,
+    ServerList,
     TaskList,
     TaskOut,
     TaskPath,
@@ -75,6 +76,8 @@ class ApiRoutes:
                      path_params=VersionPath,
                      responses={200: Reply(description="tar.gz of model.keras + skipper.json", media_type=artifacts.MEDIA_TYPE)},
                      summary="Download a version's artifact."),
+            Endpoint("GET", "/servers", self.list_servers, scope="read", responses={200: ServerList},
+                     summary="The serving replicas heard from lately and the model versions each serves."),
         ]
 
     async def list_workflows(self, call: Call[None, None, None]) -> Response:
@@ -125,6 +128,9 @@ class ApiRoutes:
         filename = f"{version.model}-v{version.version}.tar.gz"
         return Response(data, media_type=artifacts.MEDIA_TYPE, headers={
             "content-disposition": f'attachment; filename="{filename}"', "x-sha256": version.sha256})
+
+    async def list_servers(self, call: Call[None, None, None]) -> Response:
+        return JSONResponse({"servers": self._service.servers()})
 
     async def predict(self, call: Call[ModelPath, None, Any]) -> Response:
         return JSONResponse(await self._service.predict(call.path.model, call.body, correlation_id=call.correlation_id))

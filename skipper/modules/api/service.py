@@ -21,16 +21,19 @@ from skipper.core.errors import Conflict, ModelNotReady, NoConsumers, NotFound, 
 from skipper.core.events import EventEmitter
 from skipper.core.limits import check_train_limits
 from skipper.core.messages import Message, new_id
+from skipper.core.metrics import LATENCY_BUCKETS
 from skipper.core.repositories import ModelRegistry, ModelVersion, Task, TaskRepository
 from skipper.core.settings import Settings, Workflow
 from skipper.modules.api.artifacts import ArtifactStore
 from skipper.modules.api.coalesce import PredictCoalescer
 from skipper.modules.api.registry import RegistryService
+from skipper.modules.api.replicas import ReplicaView
 from skipper.modules.api.schemas import ModelSchemas
 from skipper.modules.api.validation import parse_instances, resolve_params
 
 PREDICTIONS = Counter("skipper_predictions_total", "Prediction requests by model and outcome", ["model", "outcome"])
-PREDICT_SECONDS = Histogram("skipper_predict_seconds", "Prediction request latency at the api", ["model"])
+PREDICT_SECONDS = Histogram("skipper_predict_seconds", "Prediction request latency at the api", ["model"],
+                            buckets=LATENCY_BUCKETS)
 TRAIN_REQUESTS = Counter("skipper_train_requests_total", "Train requests by workflow", ["workflow"])
 OTHER_MODEL = "_other"  # the label of every model name no workflow or registry knows: labels stay bounded
 QUEUE_RETRY_AFTER_S = 5.0
@@ -50,7 +53,8 @@ class ApiService:
     """Submit and cancel training, read tasks and models, deploy, download, predict."""
 
     def __init__(self, *, settings: Settings, bus: Transport, events: EventEmitter, tasks: TaskRepository,
-                 registry: ModelRegistry, store: ArtifactStore, announcer: RegistryService) -> None:
+                 registry: ModelRegistry, store: ArtifactStore, announcer: RegistryService,
+                 replicas: ReplicaView | None = None) -> None:
         self._settings = settings
         self._bus = bus
         self._events = events
@@ -58,6 +62,7 @@ class ApiService:
         self._registry = registry
         self._store = store
         self._announcer = announcer
+        self._replicas = replicas or ReplicaView(settings.bus.signing_key)
         self.schemas = ModelSchemas(registry, settings.workflows)
         self._version_metadata: dict[tuple[str, int], dict[str, Any]] = {}  # versions never change: cached for good
         # In-process the server batches by itself; across a broker, fewer and larger bus requests pay.
@@ -161,6 +166,12 @@ class ApiService:
         """A version and its archive's bytes."""
         found = await self.version(model, version)
         return found, await asyncio.to_thread(self._store.read, found.path)
+
+    # --- servers --------------------------------------------------------------------------
+
+    def servers(self) -> list[dict[str, Any]]:
+        """The serving replicas heard from lately, with the model versions each serves."""
+        return self._replicas.replicas()
 
     # --- predictions ----------------------------------------------------------------------
 

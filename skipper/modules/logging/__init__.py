@@ -8,14 +8,19 @@ import logging
 from typing import Any
 
 from pydantic import BaseModel, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from skipper.core import contracts
 from skipper.core.bus import Transport
+from skipper.core.errors import ValidationFailed
 from skipper.core.messages import Message
 from skipper.core.module import Module
 from skipper.core.repositories import EventRepository, TaskRepository
-from skipper.core.routing import Call, Endpoint, PageQuery
+from skipper.core.routing import Call, Endpoint, PageQuery, Reply
+from skipper.core.settings import Settings
+from skipper.modules.logging.stream import EventFeed, all_events, task_events
 
 log = logging.getLogger("skipper.events")
 
@@ -44,6 +49,15 @@ class EventList(BaseModel):
     events: list[EventOut]
 
 
+class StreamQuery(BaseModel):
+    after: int | None = Field(None, ge=0, le=2**63 - 1,
+                              description="start after this event id (what Last-Event-ID says on a reconnect)")
+
+
+STREAM = Reply(description="Server-Sent Events: `id` the event id, `data` the event as GET /events lists it; "
+                           "a `:` comment every http.sse_heartbeat_s", media_type="text/event-stream")
+
+
 class TaskEvents(BaseModel):
     """A task's events, oldest first."""
 
@@ -56,12 +70,20 @@ class LoggingModule(Module):
 
     name = "logging"
 
-    def __init__(self, *, events: EventRepository, tasks: TaskRepository) -> None:
+    def __init__(self, *, events: EventRepository, tasks: TaskRepository, settings: Settings) -> None:
         self._events = events
         self._tasks = tasks
+        self._heartbeat_s = settings.http.sse_heartbeat_s
+        self.feed = EventFeed(events)
 
     def register(self, bus: Transport) -> None:
         bus.consume(contracts.EVENTS, self._on_event)
+
+    async def start(self) -> None:
+        await self.feed.start()
+
+    async def stop(self) -> None:
+        await self.feed.stop()
 
     async def _on_event(self, msg: Message) -> None:
         body = msg.data
@@ -77,12 +99,19 @@ class LoggingModule(Module):
             self._events.add, kind=kind, source=str(body.get("source", "")), task_id=body.get("task_id"),
             correlation_id=msg.correlation_id, fields=fields, at=at,
         )
+        self.feed.nudge()
 
     def routes(self) -> list[Endpoint]:
         return [
             Endpoint("GET", "/tasks/{task_id}/events", self._task_events, scope="read", path_params=TaskPath,
                      query=PageQuery, responses={200: TaskEvents},
                      summary="The events of one task, oldest first (queued, started, progress, succeeded/failed)."),
+            Endpoint("GET", "/tasks/{task_id}/stream", self._task_stream, scope="read", path_params=TaskPath,
+                     query=StreamQuery, responses={200: STREAM},
+                     summary="A task's events as they happen (SSE), from its first (or after Last-Event-ID); ends "
+                             "once the task is over and a server installed or rejected its model."),
+            Endpoint("GET", "/events/stream", self._all_stream, scope="read", query=StreamQuery, responses={200: STREAM},
+                     summary="Every event as it happens (SSE), from now (or after Last-Event-ID); endless."),
             Endpoint("GET", "/events", self._all_events, scope="read", query=EventsQuery, responses={200: EventList},
                      summary="Events of every module, oldest first, filterable by kind (e.g. audit)."),
         ]
@@ -98,3 +127,27 @@ class LoggingModule(Module):
         q = call.query
         events = await asyncio.to_thread(self._events.list, kind=q.kind, limit=q.limit, offset=q.offset)
         return JSONResponse({"events": events})
+
+    async def _task_stream(self, call: Call[TaskPath, StreamQuery, None]) -> Response:
+        task_id = call.path.task_id
+        await asyncio.to_thread(self._tasks.get, task_id)  # 404 for an unknown task, before streaming
+        last = _last_event_id(call.request, call.query.after)
+        return self._sse(task_events(self.feed, self._events, self._tasks, task_id, last))
+
+    async def _all_stream(self, call: Call[None, StreamQuery, None]) -> Response:
+        return self._sse(all_events(self.feed, self._events, _last_event_id(call.request, call.query.after)))
+
+    def _sse(self, messages: Any) -> Response:
+        return EventSourceResponse(messages, ping=self._heartbeat_s, send_timeout=30,
+                                   ping_message_factory=lambda: ServerSentEvent(comment="heartbeat"))
+
+
+def _last_event_id(request: Request, after: int | None) -> int | None:
+    """Where a stream resumes: the `Last-Event-ID` header a reconnecting EventSource sends, else `?after=`."""
+    raw = request.headers.get("last-event-id")
+    if raw is None or not raw.strip():
+        return after
+    if not raw.strip().isdigit() or len(raw.strip()) > 18:
+        raise ValidationFailed("Last-Event-ID must be an event id (a non-negative integer)",
+                               details={"field": "Last-Event-ID"})
+    return int(raw)

@@ -46,8 +46,9 @@ class Batcher:
     """Queues requests for one model version and runs them in merged batches, one at a time."""
 
     def __init__(self, run: RunBatch, *, max_rows: int, max_wait_ms: float, inline: bool,
-                 max_queued_rows: int | None = None) -> None:
+                 max_queued_rows: int | None = None, on_batch: Callable[[int], None] | None = None) -> None:
         self._run = run
+        self._on_batch = on_batch  # told the rows of each model call (the batch-size histogram)
         self._max_rows = max_rows
         self._max_queued_rows = max_queued_rows
         self._max_wait_s = max_wait_ms / 1000
@@ -82,6 +83,11 @@ class Batcher:
             self._idle.clear()
             self._task = asyncio.create_task(self._drain(), name="skipper.serving.batch")
         return future
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting for a model call now (the queue-depth gauge)."""
+        return self._queued_rows
 
     @property
     def busy(self) -> bool:
@@ -152,6 +158,8 @@ class Batcher:
     async def _call(self, rows: np.ndarray) -> list[Any]:
         self.calls += 1
         self.rows += len(rows)
+        if self._on_batch is not None:
+            self._on_batch(len(rows))
         if self.inline:
             return self._run(rows)
         return await asyncio.to_thread(self._run, rows)

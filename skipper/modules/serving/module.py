@@ -9,25 +9,29 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from skipper.core import contracts, signing
 from skipper.core.bus import Transport
 from skipper.core.errors import ArtifactRejected, ModelNotReady, SkipperError, ValidationFailed
 from skipper.core.events import EventEmitter
 from skipper.core.messages import Message
+from skipper.core.metrics import BATCH_BUCKETS
 from skipper.core.module import Module
 from skipper.core.settings import Settings
 from skipper.modules.serving import store
 from skipper.modules.serving.batching import Batcher, rows_from_instances
 from skipper.modules.serving.memory import Footprint, MemoryGuard, footprint
 from skipper.modules.serving.predictor import Predictor, resolve_predictor
+from skipper.modules.serving.presence import Presence
 from skipper.modules.serving.release import Release, supersedes
 
 log = logging.getLogger("skipper.serving")
 
 SERVED = Counter("skipper_served_predictions_total", "Predict requests this server answered", ["model"])
 SERVED_VERSION = Gauge("skipper_served_model_version", "The model version this server serves", ["model"])
+BATCH_ROWS = Histogram("skipper_batch_rows", "Rows per model call (micro-batch size)", ["model"], buckets=BATCH_BUCKETS)
+QUEUED_ROWS = Gauge("skipper_batch_queue_rows", "Rows waiting for a model call", ["model"])
 
 
 @dataclass(slots=True)
@@ -50,10 +54,11 @@ class ServingModule(Module):
 
     name = "serving"
 
-    def __init__(self, *, settings: Settings, bus: Transport, events: EventEmitter) -> None:
+    def __init__(self, *, settings: Settings, bus: Transport, events: EventEmitter, role: str = "server") -> None:
         self._settings = settings
         self._bus = bus
         self._events = events
+        self.presence = Presence(bus=bus, settings=settings, role=role, versions=self.versions)
         self._models: dict[str, Loaded] = {}
         self._retiring: list[Loaded] = []  # swapped out, finishing their requests: still in memory
         self._loading: dict[str, Footprint] = {}  # model -> the version being loaded now
@@ -75,9 +80,13 @@ class ServingModule(Module):
         bus.on_connected(self.catch_up)
         # No predict consumer yet: each model's queue is consumed once a version of it is loaded.
 
+    async def start(self) -> None:
+        await self.presence.start()
+
     async def drain(self) -> None:
         """Shutdown began: not ready, and no new predict requests (those taken are answered before the bus closes)."""
         self._draining = True
+        await self.presence.stop()
         if self._resync_task is not None:
             self._resync_task.cancel()
         for model in sorted(self._attached):
@@ -100,7 +109,11 @@ class ServingModule(Module):
         return self._ready and not self._draining
 
     def readiness(self) -> dict[str, Any]:
-        return {"models": {name: loaded.version for name, loaded in self._models.items()}}
+        return {"models": self.versions()}
+
+    def versions(self) -> dict[str, int]:
+        """The version of each model this server serves now."""
+        return {name: loaded.version for name, loaded in self._models.items()}
 
     def loaded(self, model: str) -> Loaded | None:
         """What serves `model` now, if anything."""
@@ -216,6 +229,7 @@ class ServingModule(Module):
                 data = None  # the archive's bytes are not needed once extracted and loaded
             inline = self._swap(release, prepared, needs)
         await self._serve_requests_for(release.model)
+        self._spawn(self.presence.announce())  # the replica view shows the new version at once
         took_ms = round((time.perf_counter() - started) * 1000, 1)
         log.info("installed %s v%d (seq %d) in %.0f ms %s; full batch %.2f ms, run %s", release.model,
                  release.version, release.seq, took_ms, prepared.timings, prepared.batch_ms,
@@ -231,12 +245,14 @@ class ServingModule(Module):
         serving = self._settings.serving
         inline = prepared.batch_ms <= store.INLINE_BUDGET_MS
         batcher = Batcher(prepared.predictor.predict, max_rows=serving.max_batch_size,
-                          max_wait_ms=serving.max_wait_ms, inline=inline, max_queued_rows=serving.max_queued_rows)
+                          max_wait_ms=serving.max_wait_ms, inline=inline, max_queued_rows=serving.max_queued_rows,
+                          on_batch=BATCH_ROWS.labels(release.model).observe)
         old = self._models.get(release.model)
         # The swap: one reference assignment on the loop. Requests that already looked up
         # `old` finish on it; every later lookup sees the new version.
         self._models[release.model] = Loaded(release, prepared.predictor, batcher, prepared.directory, needs)
         SERVED_VERSION.labels(release.model).set(release.version)
+        QUEUED_ROWS.labels(release.model).set_function(lambda: batcher.queued_rows)  # read at scrape time
         if old is not None:
             self._retiring.append(old)
             self._spawn(self._retire(old))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Histogram
 from pydantic import ValidationError
 
 from skipper.core import artifacts, contracts
@@ -27,12 +28,15 @@ from skipper.core.errors import NotFound, SkipperError, Unavailable, ValidationF
 from skipper.core.events import EventEmitter
 from skipper.core.limits import check_train_limits
 from skipper.core.messages import Message
+from skipper.core.metrics import TRAINING_BUCKETS
 from skipper.core.module import Module
 from skipper.core.settings import Settings, TrainingSettings, TrainParams, Workflow
 from skipper.modules.training import packaging
 from skipper.modules.training.jobs import Deadline, EpochReport, TrainJob, resolve_trainer
 
 log = logging.getLogger("skipper.training")
+TRAINING_SECONDS = Histogram("skipper_training_seconds", "Wall time of a training task, by workflow and outcome",
+                             ["workflow", "outcome"], buckets=TRAINING_BUCKETS)
 
 _tf_lock = threading.Lock()
 _tf_configured = False
@@ -190,6 +194,7 @@ class TrainingModule(Module):
                 self._executor, self._run, loop, task_id, cid, workflow_name, workflow, params, stop
             )
         except SkipperError as exc:  # deterministic: report once, never retry
+            self._observe(body, "failed", started)
             await self._fail(task_id, cid, exc)
             return
 
@@ -198,6 +203,7 @@ class TrainingModule(Module):
                 # Not a user's cancel: raise so the bus hands the command to another trainer.
                 raise Unavailable("the trainer stopped during the task; it will run again")
             log.info("task %s cancelled", task_id, extra=extra)
+            self._observe(body, "cancelled", started)
             await self._bus.send(
                 contracts.REGISTRY,
                 Message(type=contracts.TASK_CANCEL_ACK, body={"task_id": task_id}, correlation_id=cid),
@@ -216,6 +222,7 @@ class TrainingModule(Module):
             Message(type=contracts.MODEL_ARTIFACT, body=packaged.archive, headers=headers, correlation_id=cid),
         )
         duration = round(time.monotonic() - started, 3)
+        self._observe(body, "succeeded", started)
         log.info(
             "task %s trained %s in %.1fs: %s (%d bytes, sha256 %s)",
             task_id,
@@ -236,6 +243,11 @@ class TrainingModule(Module):
             metrics=packaged.metadata["metrics"],
             duration_s=duration,
         )
+
+    def _observe(self, body: dict[str, Any], outcome: str, started: float) -> None:
+        name = body.get("workflow")
+        workflow = name if isinstance(name, str) and name in self._settings.workflows else "_other"  # bounded labels
+        TRAINING_SECONDS.labels(workflow, outcome).observe(time.monotonic() - started)
 
     def _resolve(self, body: dict[str, Any]) -> tuple[str, Workflow, TrainParams]:
         name = body.get("workflow")
