@@ -32,7 +32,7 @@ class BusFactory:
     def options(self, **overrides: object) -> BusOptions:
         base = {"namespace": self.namespace, "retry_backoff_s": 0.05, "retry_backoff_max_s": 0.2, "max_retries": 2}
         base.update(overrides)
-        return BusOptions(**base)  # type: ignore[arg-type]
+        return BusOptions(**base)
 
     def __call__(self, **overrides: object) -> Transport:
         transport = self._make(self.options(**overrides))

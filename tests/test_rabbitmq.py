@@ -26,7 +26,6 @@ from skipper.core import contracts
 from skipper.core.bus import BusOptions
 from skipper.core.errors import NoConsumers, RequestTimeout, Unavailable
 from skipper.core.messages import Message, new_id
-from skipper.core.settings import BusSettings
 from skipper.transports.rabbitmq import BYTES_TYPE, JSON_TYPE, RabbitMQTransport
 from tests.conftest import eventually
 from tests.factory_rabbitmq import delete_broker_objects
@@ -43,14 +42,13 @@ class Broker:
         self.built: list[RabbitMQTransport] = []
 
     def transport(
-        self, *, connection_name: str | None = None, settings: BusSettings | None = None, **overrides: Any
+        self, *, connection_name: str | None = None, **overrides: Any
     ) -> RabbitMQTransport:
         options = {"namespace": self.namespace, "retry_backoff_s": 0.05, "retry_backoff_max_s": 0.2, "max_retries": 2}
         options.update(overrides)
         transport = RabbitMQTransport(
             BusOptions(**options),
             url=RABBITMQ_URL,
-            settings=settings or BusSettings(),
             connection_name=connection_name or f"skipper-test:{self.namespace}",
         )
         self.built.append(transport)
@@ -133,11 +131,10 @@ async def close_connections_named(name: str) -> int:
 CONSUMER_PROCESS = """
 import asyncio, sys
 from skipper.core.bus import BusOptions
-from skipper.core.settings import BusSettings
 from skipper.transports.rabbitmq import RabbitMQTransport
 
 async def main(url, namespace):
-    bus = RabbitMQTransport(BusOptions(namespace=namespace), url=url, settings=BusSettings())
+    bus = RabbitMQTransport(BusOptions(namespace=namespace), url=url)
     async def hang(msg):
         print("started", msg.attempt, flush=True)
         await asyncio.Event().wait()
@@ -224,7 +221,7 @@ async def test_a_connection_closed_by_the_broker_is_reestablished_and_work_flows
 async def test_a_handler_running_longer_than_the_heartbeat_keeps_its_connection(broker: Broker) -> None:
     # Given a one-second heartbeat and a handler that works for three seconds in a worker
     # thread (as training does)
-    bus = broker.transport(settings=BusSettings(heartbeat_s=1))
+    bus = broker.transport(heartbeat_s=1)
     connects: list[int] = []
     handled: list[int] = []
 

@@ -44,9 +44,9 @@ def test_golden_amqp_bytes_decode_back_to_the_message(golden: str, name: str) ->
                                                           ("frame.event_bytes", "work_bytes", None),
                                                           ("frame.error_reply", "error_reply", "tok-1")])
 def test_golden_frames_decode_back_to_the_message(golden: str, name: str, reply_for: str | None) -> None:
-    from skipper.transports.dramatiq import _unpack
+    from skipper.transports.dramatiq import unpack_frame
 
-    assert _unpack(bytes.fromhex(GOLDEN[golden])) == (MESSAGES[name], reply_for)
+    assert unpack_frame(bytes.fromhex(GOLDEN[golden])) == (MESSAGES[name], reply_for)
 
 
 def test_a_golden_dramatiq_message_decodes_back_to_its_envelope() -> None:

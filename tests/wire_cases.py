@@ -59,10 +59,9 @@ def amqp_bytes(name: str, **kwargs: Any) -> bytes:
 def dramatiq_bytes(name: str, **options: Any) -> bytes:
     """A Dramatiq work message for logical queue `train` in namespace `ns`, as the encoder writes it."""
     from skipper.core.bus import BusOptions
-    from skipper.core.settings import BusSettings
     from skipper.transports.dramatiq import DramatiqTransport, SkipperEncoder
 
-    transport = DramatiqTransport(BusOptions(namespace="ns"), url="redis://127.0.0.1:6379/15", settings=BusSettings())
+    transport = DramatiqTransport(BusOptions(namespace="ns"), url="redis://127.0.0.1:6379/15")
     fixed = transport.dramatiq_message("train", MESSAGES[name], **options).copy(
         message_id="00000000-1111-2222-3333-444444444444", message_timestamp=1700000000250
     )
@@ -71,9 +70,9 @@ def dramatiq_bytes(name: str, **options: Any) -> bytes:
 
 def frame_bytes(name: str, *, reply_for: str | None = None) -> bytes:
     """A Dramatiq side-channel frame (fanout event or request reply)."""
-    from skipper.transports.dramatiq import _pack
+    from skipper.transports.dramatiq import pack_frame
 
-    return _pack(MESSAGES[name], reply_for=reply_for)
+    return pack_frame(MESSAGES[name], reply_for=reply_for)
 
 
 REPLY_TO = "amq.rabbitmq.reply-to"
