@@ -9,7 +9,7 @@ import pytest
 from skipper.core.bus import BusOptions, Transport
 from skipper.core.messages import new_id
 from tests.liveserver import LiveSkipper, live_skipper
-from tests.transports import FACTORIES
+from tests.transports.factories import FACTORIES
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> None:

@@ -30,7 +30,7 @@ Requests and fanout are built beside Dramatiq on the same broker, over a `SideCh
 `RedisSide` (redis.asyncio on the loop). A side channel reports back only through a
 `SideListener`, which hands replies and events to the base class's public hooks.
 
-Wire format (pinned byte for byte by tests/test_wire_golden.py): `wire.py` (the envelope in a
+Wire format (pinned byte for byte by tests/transports/test_wire_golden.py): `wire.py` (the envelope in a
 Dramatiq message, the side-channel frames) and `encoding.py` (bytes bodies, never base64).
 
 For the `dramatiq` CLI: messages are ordinary Dramatiq messages for actor `actor_name(ns, queue)`

@@ -29,7 +29,7 @@ Topology, for a namespace `ns` and a logical queue `q` or topic `t`:
   correlation id travels in the headers); the request carries an AMQP `expiration` equal
   to its timeout so a stale request is dropped rather than handled after the caller left.
 
-Wire format (pinned byte for byte by tests/test_wire_golden.py; `wire.py`): a dict body is JSON
+Wire format (pinned byte for byte by tests/transports/test_wire_golden.py; `wire.py`): a dict body is JSON
 (`application/json`), a bytes body goes as it is (`application/octet-stream`), never base64. The
 envelope rides in AMQP properties (`type`, `message_id`, `timestamp`, `content_type`,
 `delivery_mode`) and headers (`x-correlation-id`, `x-attempt`, `x-created-at` as a string, then

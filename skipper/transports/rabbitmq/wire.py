@@ -1,4 +1,4 @@
-"""The AMQP wire format of a `Message` (pinned by tests/test_wire_golden.py; see the package docstring).
+"""The AMQP wire format of a `Message` (pinned by tests/transports/test_wire_golden.py; see the package docstring).
 
 A dict body is JSON (`application/json`), a bytes body goes as it is
 (`application/octet-stream`), never base64. The envelope rides in AMQP properties (`type`,

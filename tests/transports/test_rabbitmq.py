@@ -1,6 +1,6 @@
 """RabbitMQ-specific behaviour of the transport, against the broker on this machine.
 
-The shared semantics are in test_transport_conformance.py; here: broker-side connection
+The shared semantics are in test_contract.py; here: broker-side connection
 loss and recovery, redelivery after a consumer process dies, retries and dead letters kept
 in the broker, `NoConsumers`/`RequestTimeout` details, and what the messages look like on
 the wire.
@@ -28,10 +28,10 @@ from skipper.core.errors import NoConsumers, RequestTimeout, Unavailable
 from skipper.core.messages import Message, new_id
 from skipper.transports.rabbitmq import BYTES_TYPE, JSON_TYPE, RabbitMQTransport
 from tests.conftest import eventually
-from tests.factory_rabbitmq import delete_broker_objects
 from tests.services import CI, RABBITMQ_URL, require_rabbitmq
+from tests.transports.factory_rabbitmq import delete_broker_objects
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Broker:

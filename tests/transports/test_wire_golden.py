@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.wire_cases import CASES, MESSAGES
+from tests.transports.wire_cases import CASES, MESSAGES
 
 GOLDEN: dict[str, str] = json.loads((Path(__file__).parent / "wire_golden.json").read_text())
 

@@ -24,10 +24,10 @@ from skipper.core.errors import ConfigError, NoConsumers
 from skipper.core.messages import Message, new_id
 from skipper.transports.dramatiq import DramatiqTransport, SkipperEncoder
 from tests.conftest import eventually
-from tests.factory_dramatiq import URLS, build, close_and_clean, require
 from tests.services import REDIS_URL
+from tests.transports.factory_dramatiq import URLS, build, close_and_clean, require
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Make(Protocol):
