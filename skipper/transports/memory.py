@@ -14,7 +14,7 @@ import logging
 from collections import defaultdict
 
 from skipper.core import contracts
-from skipper.core.bus import BusOptions, Handler, Subscription, Transport
+from skipper.core.bus import BusOptions, Handler, HandlerOutcome, Subscription, Transport
 from skipper.core.messages import Message
 
 log = logging.getLogger("skipper.transports.memory")
@@ -29,6 +29,7 @@ class _Worker:
         self.queue = queue
         self.busy = False
         self.detached = False
+        self.killed = False
         self.task: asyncio.Task[None] | None = None
 
 
@@ -107,6 +108,21 @@ class MemoryTransport(Transport):
     def _subscribed(self, sub: Subscription, *, first: bool) -> None:
         """Nothing to set up: `publish` hands messages straight to the subscriptions."""
 
+    def kill_consumers(self, queue: str) -> int:
+        """Test-only: the consumers of `queue` that are mid-handler die, as a killed process's would.
+
+        Their handlers are cancelled and their messages come back as the base class's
+        `redelivery_outcome` says (the next attempt, or a dead letter), like a broker's
+        redelivery. Returns how many died.
+        """
+        killed = 0
+        for worker in self._workers:
+            if worker.queue == queue and worker.busy and worker.task is not None:
+                worker.killed = True
+                worker.task.cancel()
+                killed += 1
+        return killed
+
     # --- internals -----------------------------------------------------------------------
 
     def _spawn_workers(self, queue: str, handler: Handler, slots: int) -> None:
@@ -121,19 +137,22 @@ class MemoryTransport(Transport):
             msg = await q.get()
             worker.busy = True
             try:
-                await self._handle(queue, handler, msg)
+                self._apply(queue, msg, await self.run_handler(queue, handler, msg))
+            except asyncio.CancelledError:
+                if worker.killed:  # its consumer died mid-handler: that run was one attempt
+                    self._apply(queue, msg, self.redelivery_outcome(queue, msg))
+                raise
             finally:
                 worker.busy = False
 
-    async def _handle(self, queue: str, handler: Handler, msg: Message) -> None:
-        outcome = await self.run_handler(queue, handler, msg)
+    def _apply(self, queue: str, msg: Message, outcome: HandlerOutcome) -> None:
         if outcome.retry_after is not None:
             asyncio.get_running_loop().call_later(outcome.retry_after, self._redeliver, queue, msg.retried())
         elif outcome.dead_letter:
             self.dead_letters[queue].append(msg)
             report = self.dead_letter_report(queue, msg, outcome.error)
             if report is not None:
-                await self._send(contracts.DEAD_LETTERS, report)
+                self._queues[contracts.DEAD_LETTERS].put_nowait(report)
 
     def _redeliver(self, queue: str, msg: Message) -> None:
         if not self.closed:
