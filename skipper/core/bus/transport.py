@@ -29,8 +29,8 @@ log = logging.getLogger("skipper.bus")
 class Transport(ABC):
     """A message bus. Build it without I/O; `start()` connects, `close()` drains and disconnects.
 
-    Methods are called on the event loop the transport was started on. Queue and topic names
-    are logical; `qualified` gives the broker-level name.
+    Not thread-safe: call it on the event loop it was started on (handlers run there too).
+    Queue and topic names are logical; `qualified` gives the broker-level name.
     """
 
     #: The fanout order every transport keeps (see `publish`); the conformance suite checks it.
@@ -64,9 +64,14 @@ class Transport(ABC):
     async def start(self) -> None:
         """Connect and start every consumer and subscriber registered so far.
 
-        Idempotent; does nothing once closed. Raises `Unavailable` when the broker cannot be
-        reached (the transport may then be started again). Returns once consumers are
-        registered with the broker and the connection listeners have run.
+        Idempotent; does nothing once closed.
+
+        Raises:
+          Unavailable: the broker cannot be reached (the transport may be started again).
+
+        Returns:
+          Once the consumers and subscribers are registered with the broker and the
+          `on_connected` listeners have run.
         """
         if self._started or self.closed:
             return
@@ -84,8 +89,15 @@ class Transport(ABC):
     async def close(self) -> None:
         """Stop consuming, let in-flight handlers finish, disconnect.
 
-        Idempotent and safe to call concurrently: every caller returns once the first close has
-        finished. Requests still waiting fail with `Unavailable`. Raises nothing.
+        Work handlers already running finish and acknowledge; subscribers handle what they
+        received; requests still waiting fail with `Unavailable`. From the first call on,
+        `send`, `publish` and `request` fail (`Unavailable` / `NoConsumers`).
+
+        Raises:
+          Nothing.
+
+        Returns:
+          Once the first close has finished (idempotent, safe to call concurrently).
         """
         if self._close_task is None:
             self._close_task = asyncio.ensure_future(self._close_once())
@@ -116,11 +128,18 @@ class Transport(ABC):
     # --- work queues -------------------------------------------------------------------
 
     async def send(self, queue: str, msg: Message) -> None:
-        """Enqueue `msg` on the work queue `queue`.
+        """Enqueue `msg` on the work queue `queue`; nobody needs to consume it yet.
 
-        Returns once the broker holds it (durably, on the broker transports). Raises
-        `Unavailable` when the transport is closed or cannot reach its broker now: the caller
-        decides whether to retry. Nobody needs to consume `queue` yet.
+        Parameters:
+          queue: the logical queue name.
+          msg: the message; its `attempt` travels with it.
+
+        Raises:
+          Unavailable: the transport is closed or cannot reach its broker now (nothing was
+            enqueued as far as the caller can tell; the caller decides whether to retry).
+
+        Returns:
+          Once the broker holds the message (durably, on the broker transports).
         """
         if self.closed:
             raise Unavailable("the transport is closed", details={"queue": queue})
@@ -132,17 +151,28 @@ class Transport(ABC):
 
         Each message goes to one consumer, at least once; it is acknowledged only after the
         handler's outcome (done, a retry, a dead letter) is recorded. A handler that raises is
-        retried and then dead-lettered as `policy.decide` says; one whose consumer stopped
-        before acknowledging is retried as `policy.redelivered` says. `prefetch` (default
-        `options.prefetch`) bounds the messages this consumer holds unacknowledged.
+        retried and then dead-lettered as `failure_outcome` decides; a message whose consumer
+        stopped before acknowledging comes back as `redelivery_outcome` decides.
+
+        Parameters:
+          handler: the coroutine run per message; a returned message answers a request.
+          prefetch: how many messages this consumer holds unacknowledged (default
+            `options.prefetch`).
+
+        Raises:
+          Nothing (a consumer registered after `close` is ignored).
         """
 
     @abstractmethod
     async def attach(self, queue: str, handler: Handler, *, prefetch: int | None = None) -> None:
-        """Start consuming `queue` now; returns once the broker has this process's consumer.
+        """Start consuming `queue` now, as `consume` does, and wait for the broker to have it.
 
-        The consumer is kept across reconnects like one from `consume`. Raises `Unavailable`
-        when the broker cannot be reached now: the consumer then starts on the next connection.
+        Raises:
+          Unavailable: the broker cannot be reached now; the consumer then starts on the next
+            (re)connection, and is kept across reconnects like one from `consume`.
+
+        Returns:
+          Once requests to `queue` can reach this process's consumer.
         """
 
     @abstractmethod
@@ -150,21 +180,36 @@ class Transport(ABC):
         """Stop taking new messages from `queue`; handlers already running finish and acknowledge.
 
         Messages this process took but had not started go back to the queue for other
-        consumers. After it returns, requests to `queue` see no consumer of this process.
-        A detached queue stays detached for the life of the transport. Raises nothing.
+        consumers, without costing an attempt. A detached queue stays detached for the life of
+        the transport.
+
+        Raises:
+          Nothing.
+
+        Returns:
+          Once the broker stopped delivering `queue` to this process; requests to `queue` no
+          longer count this process as a consumer.
         """
 
     # --- requests ----------------------------------------------------------------------
 
     async def request(self, queue: str, msg: Message, *, timeout: float) -> Message:
-        """Send `msg` to the consumers of `queue` and wait for the reply.
+        """Send `msg` to one consumer of `queue` and wait for its reply; never retried.
 
-        Parameters: `timeout` bounds the whole call, in seconds; a request is never retried.
-        Returns the reply (its correlation id is the request's). Raises `NoConsumers` at once
-        when nobody consumes `queue` (also after the last consumer left or closed),
-        `RequestTimeout` when no reply came in time, `Unavailable` when the broker cannot be
-        reached or the transport closes meanwhile, and the handler's typed error
-        (`from_payload`) when the handler failed.
+        Parameters:
+          timeout: seconds for the whole call (consumer check, send, reply).
+
+        Raises:
+          NoConsumers: nobody consumes `queue` (checked before sending; also after the last
+            consumer left or closed, once any cached consumer count expired).
+          RequestTimeout: no reply within `timeout`.
+          Unavailable: the broker cannot be reached, or the connection or the transport
+            closed while waiting.
+          SkipperError: the handler's own typed error, rebuilt from its error reply
+            (`RemoteError` for an untyped exception).
+
+        Returns:
+          The reply; its `correlation_id` is the request's (the message id if it had none).
         """
         if msg.correlation_id is None:
             msg.correlation_id = msg.id
@@ -191,20 +236,30 @@ class Transport(ABC):
     # --- fanout ------------------------------------------------------------------------
 
     async def publish(self, topic: str, msg: Message) -> None:
-        """Deliver `msg` to every live subscriber of `topic` (none is not an error).
+        """Deliver `msg` to every live subscriber of `topic`, in every process (none is not an error).
 
-        Order: each subscriber handles a topic's messages one at a time, in the order its
-        transport received them; for one publisher awaiting each `publish`, that is publish
-        order. Nothing is ordered across topics or across publishers. Fanout is at most once:
-        a subscriber that is not connected when `msg` is published misses it (listeners of
-        `on_connected` catch up). Raises `Unavailable` when closed or the broker is unreachable.
+        Order (every transport keeps it; the conformance suite checks it): each subscriber
+        handles a topic's messages one at a time, in the order its transport received them;
+        for one publisher awaiting each `publish`, that is publish order. Nothing is ordered
+        across topics or across publishers. Fanout is at most once: a subscriber that is not
+        connected when `msg` is published misses it (`on_connected` listeners catch up).
+
+        Raises:
+          Unavailable: the transport is closed or cannot reach its broker now.
+
+        Returns:
+          Once the broker took the message (confirmed, on RabbitMQ); not when it was handled.
         """
         if self.closed:
             raise Unavailable("the transport is closed", details={"topic": topic})
         await self._publish(topic, msg)
 
     def subscribe(self, topic: str, handler: Handler) -> None:
-        """Register a subscriber for `topic` (before or after `start`); its errors are logged and isolated."""
+        """Register a subscriber for `topic` (before or after `start`).
+
+        The handler's exceptions are logged and never reach the publisher, the other
+        subscribers, or its own next message. Raises nothing; ignored after `close`.
+        """
         if self.closed:
             return
         first = topic not in self._subscriptions
