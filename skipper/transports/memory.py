@@ -84,7 +84,7 @@ class MemoryTransport(Transport):
     async def _has_consumers(self, queue: str) -> bool:
         return bool(self._consumers.get(queue)) and self.started and not self.closed
 
-    async def _send_request(self, queue: str, msg: Message, key: str, timeout: float) -> None:
+    async def _send_request(self, queue: str, msg: Message, key: str, timeout: float) -> Message:
         # In-process, a request needs no queue hop: the handler runs in the caller's task
         # (round-robin over consumers), which keeps the predict path to one await.
         consumers = self._consumers[queue]
@@ -100,7 +100,7 @@ class MemoryTransport(Transport):
             if not self._requests_in_flight:
                 self._requests_idle.set()
         assert outcome.reply is not None  # run_handler always answers a request
-        self.reply_arrived(key, outcome.reply)
+        return outcome.reply
 
     async def _publish(self, topic: str, msg: Message) -> None:
         self.fan_out(topic, msg)

@@ -219,8 +219,8 @@ class Transport(ABC):
             async with scope:
                 if not await self._has_consumers(queue):
                     raise NoConsumers(f"no consumer for queue {queue!r}", details={"queue": queue})
-                await self._send_request(queue, msg, key, timeout)
-                reply = await reply_fut
+                direct = await self._send_request(queue, msg, key, timeout)
+                reply = direct if direct is not None else await reply_fut
         except TimeoutError:
             if not scope.expired():
                 raise
@@ -366,8 +366,11 @@ class Transport(ABC):
         """Whether any process consumes `queue` now (raise `Unavailable` when unreachable)."""
 
     @abstractmethod
-    async def _send_request(self, queue: str, msg: Message, key: str, timeout: float) -> None:
-        """Send the request; its reply must reach `reply_arrived(key, reply)`."""
+    async def _send_request(self, queue: str, msg: Message, key: str, timeout: float) -> Message | None:
+        """Send the request; its reply must reach `reply_arrived(key, reply)`.
+
+        An in-process transport that has the reply at once may return it instead (no round trip).
+        """
 
     @abstractmethod
     def _subscribed(self, sub: Subscription, *, first: bool) -> None:
