@@ -22,6 +22,14 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 10.0, inter
         await asyncio.sleep(interval)
 
 
+async def holds_for(predicate: Callable[[], bool], seconds: float = 0.3) -> None:
+    """Assert that `predicate()` keeps holding for `seconds` (nothing more arrives: no duplicate, no extra retry)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate()
+        await asyncio.sleep(0.02)
+
+
 class BusFactory:
     """Builds started transports on one namespace; closes them all at the end."""
 

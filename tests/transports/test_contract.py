@@ -13,15 +13,7 @@ from skipper.core import contracts
 from skipper.core.bus import Transport
 from skipper.core.errors import NoConsumers, RequestTimeout, ValidationFailed
 from skipper.core.messages import Message
-from tests.conftest import BusFactory, eventually
-
-
-async def holds_for(predicate: Callable[[], bool], seconds: float = 0.3) -> None:
-    """Assert that `predicate()` keeps holding for `seconds` (nothing more arrives: no duplicate, no extra retry)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert predicate()
-        await asyncio.sleep(0.02)
+from tests.conftest import BusFactory, eventually, holds_for
 
 
 async def no_consumers_soon(client: Transport, queue: str, within: float = 5.0) -> None:

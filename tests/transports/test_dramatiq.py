@@ -23,7 +23,7 @@ from skipper.core.bus import BusOptions
 from skipper.core.errors import ConfigError, NoConsumers
 from skipper.core.messages import Message, new_id
 from skipper.transports.dramatiq import DramatiqTransport, SkipperEncoder
-from tests.conftest import eventually
+from tests.conftest import eventually, holds_for
 from tests.services import REDIS_URL
 from tests.transports.factory_dramatiq import URLS, build, close_and_clean, require
 
@@ -79,6 +79,27 @@ def dead_letter_count(bus: DramatiqTransport, queue: str) -> int:
         return int(count)
     finally:
         client.close()
+
+
+def ready_count(bus: DramatiqTransport, queue: str) -> int:
+    """Messages of a logical queue still waiting in the broker (not yet delivered to a consumer)."""
+    name = bus.qualified(queue)
+    if bus.kind == "rabbitmq":
+        assert isinstance(bus.broker, RabbitmqBroker)
+        return bus.broker.get_queue_message_counts(name)[0]
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        count: Any = client.llen(f"skipper:{bus.options.namespace}:{name}")
+        return int(count)
+    finally:
+        client.close()
+
+
+async def wait_until_prefetched(bus: DramatiqTransport, queue: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while await asyncio.to_thread(ready_count, bus, queue) != 0:
+        assert time.monotonic() < deadline, f"{queue} was never prefetched"
+        await asyncio.sleep(0.02)
 
 
 async def test_a_message_that_exhausts_its_retries_is_dead_lettered_by_the_broker_and_reported(make: Make) -> None:
@@ -259,8 +280,7 @@ async def test_a_message_whose_worker_is_killed_mid_handler_runs_again_as_the_ne
     await eventually(lambda: len(got) == 1, timeout=15)
     assert got[0].data == {"n": 7}
     assert got[0].attempt == 1
-    await asyncio.sleep(0.2)
-    assert len(got) == 1
+    await holds_for(lambda: len(got) == 1)
 
 
 async def test_a_message_that_kills_its_consumer_with_no_retries_left_is_dead_lettered(
@@ -307,7 +327,7 @@ async def test_messages_a_closing_worker_prefetched_but_never_started_come_back_
     for n in range(4):
         await first.send("backlog", Message(type="job", body={"n": n}))
     await asyncio.wait_for(started.wait(), 10)
-    await asyncio.sleep(0.1)  # let the consumer prefetch the rest
+    await wait_until_prefetched(first, "backlog")
     # When it closes gracefully (finishing the started one)
     await first.close()
     assert len(done) == 1
@@ -321,7 +341,7 @@ async def test_messages_a_closing_worker_prefetched_but_never_started_come_back_
     await second.start()
     # Then another worker gets the other three, none of them counted as a retry
     await eventually(lambda: len(got) == 3)
-    await asyncio.sleep(0.2)
+    await holds_for(lambda: len(got) == 3)
     assert sorted([m.data["n"] for m in got] + done) == [0, 1, 2, 3]
     assert [m.attempt for m in got] == [0, 0, 0]
 

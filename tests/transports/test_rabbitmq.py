@@ -27,7 +27,7 @@ from skipper.core.bus import BusOptions
 from skipper.core.errors import NoConsumers, RequestTimeout, Unavailable
 from skipper.core.messages import Message, new_id
 from skipper.transports.rabbitmq import BYTES_TYPE, JSON_TYPE, RabbitMQTransport
-from tests.conftest import eventually
+from tests.conftest import eventually, holds_for
 from tests.services import CI, RABBITMQ_URL, require_rabbitmq
 from tests.transports.factory_rabbitmq import delete_broker_objects
 
@@ -238,8 +238,7 @@ async def test_a_handler_running_longer_than_the_heartbeat_keeps_its_connection(
     await bus.send("train", Message(type="train.command"))
     await eventually(lambda: handled == [0], timeout=15)
     # Then the connection never dropped and the message was acked once, not redelivered
-    await asyncio.sleep(0.2)
-    assert bus.connected and connects == [1] and handled == [0]
+    await holds_for(lambda: bus.connected and connects == [1] and handled == [0])
     assert await broker.message_count("train") == 0
 
 
@@ -263,7 +262,7 @@ async def test_a_message_whose_consumer_process_dies_is_redelivered_and_handled_
     await survivor.start()
     # Then it handles the message once, counted as the second attempt
     await eventually(lambda: len(seen) == 1, timeout=15)
-    await asyncio.sleep(0.3)
+    await holds_for(lambda: len(seen) == 1)
     assert seen == [(1, {"task_id": "t-7"})]
 
 
@@ -346,8 +345,7 @@ async def test_a_drop_mid_handler_neither_loses_the_message_nor_runs_it_twice(br
     release.set()
     if outcome == "returns":
         await wait_for_state(broker, "train", (0, 0))
-        await asyncio.sleep(0.5)
-        assert runs == [0]
+        await holds_for(lambda: runs == [0], seconds=0.5)
     else:
         await eventually(lambda: runs == [0, 1], timeout=15)  # retried once, as attempt 1
         await wait_for_state(broker, "train", (0, 0))
@@ -458,8 +456,7 @@ async def test_a_request_after_the_last_consumer_left_fails_with_no_consumers(br
         assert time.monotonic() < deadline, outcomes
         await ask()
     # A stale request left behind expires in the queue instead of waiting for a consumer
-    await asyncio.sleep(0.3)
-    assert await broker.message_count("echo") == 0
+    await broker.wait_for_messages("echo", 0, timeout=2.0)
 
 
 async def test_concurrent_requests_each_get_their_own_reply(broker: Broker) -> None:
