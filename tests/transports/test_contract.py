@@ -11,7 +11,7 @@ import pytest
 
 from skipper.core import contracts
 from skipper.core.bus import Transport
-from skipper.core.errors import NoConsumers, RequestTimeout, ValidationFailed
+from skipper.core.errors import NoConsumers, RequestTimeout, Unavailable, ValidationFailed
 from skipper.core.messages import Message
 from tests.conftest import BusFactory, eventually, holds_for
 
@@ -383,3 +383,40 @@ async def test_each_subscriber_handles_a_topics_messages_one_at_a_time_in_publis
     await eventually(lambda: all(len(v) == 30 for v in got.values()))
     assert got == {"slow": list(range(30)), "fast": list(range(30)), "other": list(range(30))}
     assert max(overlapped) == 1
+
+
+async def test_a_failing_subscriber_misses_nothing_after_its_error_and_affects_no_other(bus_factory: BusFactory) -> None:
+    # Given a subscriber that fails on the first message, and a healthy one
+    bus = bus_factory()
+    flaky: list[int] = []
+    healthy: list[int] = []
+
+    async def fails_first(msg: Message) -> None:
+        flaky.append(msg.data["n"])
+        if msg.data["n"] == 0:
+            raise RuntimeError("subscriber bug")
+
+    async def keep(msg: Message) -> None:
+        healthy.append(msg.data["n"])
+
+    bus.subscribe("fragile-news", fails_first)
+    bus.subscribe("fragile-news", keep)
+    await bus.start()
+    # When three messages are published (the publisher never sees the subscriber's error)
+    for n in range(3):
+        await bus.publish("fragile-news", Message(type="n", body={"n": n}))
+    # Then both subscribers got all three
+    await eventually(lambda: len(flaky) == 3 and len(healthy) == 3)
+    assert flaky == healthy == [0, 1, 2]
+
+
+async def test_after_close_send_publish_and_request_fail_with_unavailable(bus_factory: BusFactory) -> None:
+    bus = bus_factory()
+    await bus.start()
+    await bus.close()
+    with pytest.raises(Unavailable):
+        await bus.send("work", Message(type="job"))
+    with pytest.raises(Unavailable):
+        await bus.publish("news", Message(type="n"))
+    with pytest.raises(Unavailable):  # NoConsumers is an Unavailable
+        await bus.request("rpc", Message(type="q"), timeout=1)
