@@ -33,9 +33,6 @@ class Transport(ABC):
     Queue and topic names are logical; `qualified` gives the broker-level name.
     """
 
-    #: The fanout order every transport keeps (see `publish`); the conformance suite checks it.
-    FANOUT_ORDER = "per subscriber, in the order the transport received the messages"
-
     def __init__(self, options: BusOptions) -> None:
         self.options = options
         self._connect_listeners: list[Callable[[], Awaitable[None]]] = []
