@@ -28,8 +28,8 @@ from skipper.modules.training.jobs import TrainJob
 from skipper.transports import build_transport
 from tests.apphelpers import running_skipper
 from tests.conftest import BusFactory, eventually
-from tests.factory_rabbitmq import delete_broker_objects
 from tests.services import RABBITMQ_URL, require_rabbitmq
+from tests.transports.factory_rabbitmq import delete_broker_objects
 
 UNTIL_STOPPED = {"model": "forever", "kind": "regression", "dataset": {"source": "sklearn", "name": "diabetes"},
                  "trainer": "tests.plugins:until_stopped"}

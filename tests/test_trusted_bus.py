@@ -24,8 +24,8 @@ from skipper.core.settings import load_settings
 from skipper.modules.api.artifacts import ArtifactStore
 from tests.apphelpers import running_skipper
 from tests.conftest import eventually
-from tests.factory_rabbitmq import delete_broker_objects
 from tests.services import RABBITMQ_URL, require_rabbitmq
+from tests.transports.factory_rabbitmq import delete_broker_objects
 
 KEY = SecretStr("test-signing-key-0123456789abcdef")
 FIELDS = {"model": "diabetes", "version": 3, "sha256": "ab" * 32, "seq": 7, "size": 10, "metadata": {}}

@@ -26,10 +26,7 @@ def construct(path: str, **kwargs: Any) -> Any:
 
 
 def bus_options(settings: Settings, role: str = "all") -> BusOptions:
-    bus = settings.bus
-    return BusOptions(namespace=settings.namespace, prefetch=bus.prefetch, max_retries=bus.max_retries,
-                      retry_backoff_s=bus.retry_backoff_s, retry_backoff_max_s=bus.retry_backoff_max_s,
-                      reconnect_backoff_max_s=bus.reconnect_backoff_max_s, role=role)
+    return BusOptions.from_settings(settings, role)
 
 
 class Container(containers.DeclarativeContainer):

@@ -5,13 +5,36 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from skipper.core import contracts
-from skipper.core.errors import NoConsumers, RequestTimeout, ValidationFailed
+from skipper.core.bus import Transport
+from skipper.core.errors import NoConsumers, RequestTimeout, Unavailable, ValidationFailed
 from skipper.core.messages import Message
-from tests.conftest import BusFactory, eventually
+from tests.conftest import BusFactory, eventually, holds_for
+
+
+async def no_consumers_soon(client: Transport, queue: str, within: float = 5.0) -> None:
+    """Wait until a request to `queue` fails with `NoConsumers`, then check the next one fails at once.
+
+    A transport may trust a positive consumer count for a moment (RabbitMQ: `PRESENCE_TTL_S`);
+    meanwhile a request can time out instead. Past that, `NoConsumers` comes at once.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await client.request(queue, Message(type="q", body={"n": -1}), timeout=0.3)
+        except NoConsumers:
+            break
+        except RequestTimeout:
+            pass
+        assert time.monotonic() < deadline, f"requests to {queue} never failed with NoConsumers"
+    started = time.monotonic()
+    with pytest.raises(NoConsumers):
+        await client.request(queue, Message(type="q"), timeout=10)
+    assert time.monotonic() - started < 2.0
 
 
 async def test_each_work_message_is_handled_by_exactly_one_of_two_consumers(bus_factory: BusFactory) -> None:
@@ -37,7 +60,7 @@ async def test_each_work_message_is_handled_by_exactly_one_of_two_consumers(bus_
         await a.send("work", Message(type="job", body={"n": str(n)}))
     # Then each is handled once
     await eventually(lambda: sum(seen.values()) >= 40)
-    await asyncio.sleep(0.2)
+    await holds_for(lambda: sum(seen.values()) == 40)  # and no message comes a second time
     assert sorted(seen) == sorted(str(n) for n in range(40))
     assert set(seen.values()) == {1}
 
@@ -55,7 +78,7 @@ async def test_a_failing_handler_is_retried_with_the_attempt_counted(bus_factory
     await bus.start()
     await bus.send("flaky", Message(type="job", body={"x": 1}))
     await eventually(lambda: len(attempts) >= 3)
-    await asyncio.sleep(0.3)
+    await holds_for(lambda: len(attempts) == 3)  # and no fourth attempt
     assert attempts == [0, 1, 2]
 
 
@@ -76,7 +99,7 @@ async def test_a_handler_failing_every_time_is_dead_lettered_and_reported(bus_fa
     await bus.start()
     await bus.send("broken", Message(type="job", body={"task_id": "t1"}, correlation_id="corr-1"))
     await eventually(lambda: len(reports) == 1)
-    await asyncio.sleep(0.3)
+    await holds_for(lambda: len(attempts) == 3 and len(reports) == 1)
     assert attempts == [0, 1, 2]
     report = reports[0]
     assert report.type == contracts.MESSAGE_DEAD_LETTERED
@@ -162,8 +185,7 @@ async def test_publish_reaches_every_subscriber(bus_factory: BusFactory) -> None
     a.subscribe("news", recorder("a2"))
     b.subscribe("news", recorder("b"))
     await a.start()
-    await b.start()
-    await asyncio.sleep(0.2)  # let broker-side bindings settle
+    await b.start()  # subscriptions registered before start are bound when it returns
     for v in ("1", "2", "3"):
         await b.publish("news", Message(type="n", body={"v": v}))
     await eventually(lambda: all(len(v) == 3 for v in got.values()))
@@ -188,7 +210,6 @@ async def test_bytes_bodies_and_headers_travel_intact(bus_factory: BusFactory) -
     b.subscribe("blob-news", keep)
     await a.start()
     await b.start()
-    await asyncio.sleep(0.2)
     await a.send("blobs", Message(type="artifact", body=payload, headers={"sha256": "abc", "size": len(payload)}))
     await a.publish("blob-news", Message(type="artifact", body=payload, headers={"sha256": "abc"}))
     await eventually(lambda: len(received) == 2)
@@ -207,7 +228,6 @@ async def test_a_consumer_registered_after_start_receives_messages(bus_factory: 
         seen.append(msg.data["n"])
 
     bus.consume("late", late)
-    await asyncio.sleep(0.1)
     await bus.send("late", Message(type="job", body={"n": 7}))
     await eventually(lambda: seen == [7])
 
@@ -223,8 +243,11 @@ async def test_attach_takes_requests_at_once_and_detach_stops_new_ones_but_answe
         await client.request("model.a", Message(type="q", body={"n": 0}), timeout=5)
     release = asyncio.Event()
 
+    arrived = asyncio.Event()
+
     async def answer(msg: Message) -> Message:
         if msg.data["n"] == 2:
+            arrived.set()
             await release.wait()
         return msg.reply({"n": msg.data["n"]})
 
@@ -233,14 +256,12 @@ async def test_attach_takes_requests_at_once_and_detach_stops_new_ones_but_answe
     assert (await client.request("model.a", Message(type="q", body={"n": 1}), timeout=5)).data == {"n": 1}
     # And when it detaches with a request in flight, that request is still answered
     in_flight = asyncio.create_task(client.request("model.a", Message(type="q", body={"n": 2}), timeout=10))
-    await asyncio.sleep(0.5)
+    await asyncio.wait_for(arrived.wait(), 10)
     await server.detach("model.a")
     release.set()
     assert (await in_flight).data == {"n": 2}
-    # but new requests find no consumer
-    await asyncio.sleep(1.2)  # past any cached consumer count
-    with pytest.raises(NoConsumers):
-        await client.request("model.a", Message(type="q", body={"n": 3}), timeout=5)
+    # but new requests find no consumer (once any cached consumer count has expired)
+    await no_consumers_soon(client, "model.a")
 
 
 async def test_close_waits_for_in_flight_handlers_and_is_idempotent(bus_factory: BusFactory) -> None:
@@ -278,5 +299,124 @@ async def test_namespaces_isolate_deployments_on_one_broker(bus_factory: BusFact
     await theirs.start()
     await ours.send("shared-name", Message(type="job"))
     await eventually(lambda: len(seen) == 1)
-    await asyncio.sleep(0.2)
+    await holds_for(lambda: len(seen) == 1)
     assert seen == ["ours"]
+
+
+async def test_a_request_fails_with_no_consumers_once_the_last_consumer_has_left(bus_factory: BusFactory) -> None:
+    # Given two server processes consuming a queue (on `memory`, one process is all there is)
+    client = bus_factory()
+    servers = list(dict.fromkeys([bus_factory(), bus_factory()]))
+
+    async def echo(msg: Message) -> Message:
+        return msg.reply({"ok": True})
+
+    for server in servers:
+        server.consume("echo", echo)
+        await server.start()
+    await client.start()
+    assert (await client.request("echo", Message(type="q"), timeout=5)).data == {"ok": True}
+    # When all but one leave (their processes close), requests are still served
+    for server in servers[:-1]:
+        await server.close()
+        assert (await client.request("echo", Message(type="q"), timeout=5)).data == {"ok": True}
+    # And when the last one leaves too, a request learns at once that nobody is there
+    await servers[-1].close()
+    await no_consumers_soon(client, "echo")
+
+
+async def test_a_work_message_whose_consumer_dies_mid_handler_goes_to_another_as_its_next_attempt(
+    bus_factory: BusFactory,
+) -> None:
+    # Given a consumer, in a process of its own, that has started handling a message
+    doomed = await bus_factory.doomed_consumer("fragile", heartbeat_s=1)
+    sender = bus_factory(heartbeat_s=1)
+    await sender.start()
+    await sender.send("fragile", Message(type="job", body={"n": 1}))
+    assert await doomed.started() == 0
+    # And a second consumer of the queue
+    seen: list[tuple[int, int]] = []
+
+    async def finish(msg: Message) -> None:
+        seen.append((msg.data["n"], msg.attempt))
+
+    survivor = bus_factory(heartbeat_s=1)
+    survivor.consume("fragile", finish)
+    await survivor.start()
+    # When the first consumer's process dies before acknowledging
+    await doomed.kill()
+    # Then the message is not lost: the second consumer handles it once, as its next attempt
+    await eventually(lambda: len(seen) >= 1, timeout=30)
+    await holds_for(lambda: len(seen) == 1)
+    assert seen == [(1, 1)]
+
+
+async def test_each_subscriber_handles_a_topics_messages_one_at_a_time_in_publish_order(bus_factory: BusFactory) -> None:
+    # Given a slow subscriber and a fast one in one process, and a subscriber in another
+    publisher, other = bus_factory(), bus_factory()
+    got: dict[str, list[int]] = {"slow": [], "fast": [], "other": []}
+    running: list[int] = []
+    overlapped: list[int] = []
+
+    async def slow(msg: Message) -> None:
+        running.append(msg.data["n"])
+        overlapped.append(len(running))
+        await asyncio.sleep(0.002 * (msg.data["n"] % 3))  # uneven work: later messages could overtake
+        got["slow"].append(msg.data["n"])
+        running.remove(msg.data["n"])
+
+    def recorder(name: str) -> Callable[[Message], Awaitable[None]]:
+        async def record(msg: Message) -> None:
+            got[name].append(msg.data["n"])
+
+        return record
+
+    publisher.subscribe("ordered", slow)
+    publisher.subscribe("ordered", recorder("fast"))
+    other.subscribe("ordered", recorder("other"))
+    await publisher.start()
+    await other.start()
+    # When one publisher publishes thirty messages, each publish awaited
+    for n in range(30):
+        await publisher.publish("ordered", Message(type="n", body={"n": n}))
+    # Then every subscriber handled all of them in publish order, and the slow one one at a time
+    await eventually(lambda: all(len(v) == 30 for v in got.values()))
+    assert got == {"slow": list(range(30)), "fast": list(range(30)), "other": list(range(30))}
+    assert max(overlapped) == 1
+
+
+async def test_a_failing_subscriber_misses_nothing_after_its_error_and_affects_no_other(bus_factory: BusFactory) -> None:
+    # Given a subscriber that fails on the first message, and a healthy one
+    bus = bus_factory()
+    flaky: list[int] = []
+    healthy: list[int] = []
+
+    async def fails_first(msg: Message) -> None:
+        flaky.append(msg.data["n"])
+        if msg.data["n"] == 0:
+            raise RuntimeError("subscriber bug")
+
+    async def keep(msg: Message) -> None:
+        healthy.append(msg.data["n"])
+
+    bus.subscribe("fragile-news", fails_first)
+    bus.subscribe("fragile-news", keep)
+    await bus.start()
+    # When three messages are published (the publisher never sees the subscriber's error)
+    for n in range(3):
+        await bus.publish("fragile-news", Message(type="n", body={"n": n}))
+    # Then both subscribers got all three
+    await eventually(lambda: len(flaky) == 3 and len(healthy) == 3)
+    assert flaky == healthy == [0, 1, 2]
+
+
+async def test_after_close_send_publish_and_request_fail_with_unavailable(bus_factory: BusFactory) -> None:
+    bus = bus_factory()
+    await bus.start()
+    await bus.close()
+    with pytest.raises(Unavailable):
+        await bus.send("work", Message(type="job"))
+    with pytest.raises(Unavailable):
+        await bus.publish("news", Message(type="n"))
+    with pytest.raises(Unavailable):  # NoConsumers is an Unavailable
+        await bus.request("rpc", Message(type="q"), timeout=1)

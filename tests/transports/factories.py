@@ -33,7 +33,7 @@ FACTORIES: dict[str, Factory] = {"memory": memory_factory}
 
 
 def _register_broker_factories() -> None:
-    from tests import factory_dramatiq, factory_rabbitmq
+    from tests.transports import factory_dramatiq, factory_rabbitmq
 
     FACTORIES.update(factory_rabbitmq.FACTORIES)
     FACTORIES.update(factory_dramatiq.FACTORIES)

@@ -10,7 +10,6 @@ import pika
 import pika.exceptions
 
 from skipper.core.bus import BusOptions, Transport
-from skipper.core.settings import BusSettings
 from skipper.transports.rabbitmq import RabbitMQTransport
 from tests.services import RABBITMQ_URL, require_rabbitmq
 
@@ -45,7 +44,7 @@ async def rabbitmq_factory() -> AsyncIterator[MakeTransport]:
 
     def make(options: BusOptions) -> Transport:
         transport = RabbitMQTransport(
-            options, url=RABBITMQ_URL, settings=BusSettings(), connection_name=f"skipper-test:{options.namespace}"
+            options, url=RABBITMQ_URL, connection_name=f"skipper-test:{options.namespace}"
         )
         built.append(transport)
         return transport

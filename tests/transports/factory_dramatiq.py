@@ -11,7 +11,6 @@ import pika
 import redis
 
 from skipper.core.bus import BusOptions, Transport
-from skipper.core.settings import BusSettings
 from skipper.transports.dramatiq import DramatiqTransport
 from tests.services import RABBITMQ_URL, REDIS_URL, require_rabbitmq, require_redis
 
@@ -25,10 +24,10 @@ def require(broker: str) -> None:
     (require_rabbitmq if broker == "rabbitmq" else require_redis)()
 
 
-def build(broker: str, options: BusOptions, *, settings: BusSettings | None = None, **kwargs: Any) -> DramatiqTransport:
+def build(broker: str, options: BusOptions, **kwargs: Any) -> DramatiqTransport:
     """A transport on the test broker; idle threads wake every 50 ms so tests close quickly."""
     kwargs.setdefault("poll_interval_s", 0.05)
-    return DramatiqTransport(options, url=URLS[broker], settings=settings or BusSettings(), **kwargs)
+    return DramatiqTransport(options, url=URLS[broker], **kwargs)
 
 
 async def close_and_clean(broker: str, built: list[DramatiqTransport]) -> None:

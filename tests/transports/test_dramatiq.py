@@ -22,19 +22,18 @@ from skipper.core import contracts
 from skipper.core.bus import BusOptions
 from skipper.core.errors import ConfigError, NoConsumers
 from skipper.core.messages import Message, new_id
-from skipper.core.settings import BusSettings
 from skipper.transports.dramatiq import DramatiqTransport, SkipperEncoder
-from tests.conftest import eventually
-from tests.factory_dramatiq import URLS, build, close_and_clean, require
+from tests.conftest import eventually, holds_for
 from tests.services import REDIS_URL
+from tests.transports.factory_dramatiq import URLS, build, close_and_clean, require
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Make(Protocol):
     namespace: str
 
-    def __call__(self, *, settings: BusSettings | None = None, **options: Any) -> DramatiqTransport: ...
+    def __call__(self, **options: Any) -> DramatiqTransport: ...
 
 
 class _Make:
@@ -46,9 +45,9 @@ class _Make:
         self.transport_kwargs = transport_kwargs
         self.built: list[DramatiqTransport] = []
 
-    def __call__(self, *, settings: BusSettings | None = None, **options: Any) -> DramatiqTransport:
+    def __call__(self, **options: Any) -> DramatiqTransport:
         base: dict[str, Any] = {"namespace": self.namespace, "retry_backoff_s": 0.05, "retry_backoff_max_s": 0.2}
-        transport = build(self.broker, BusOptions(**{**base, **options}), settings=settings, **self.transport_kwargs)
+        transport = build(self.broker, BusOptions(**{**base, **options}), **self.transport_kwargs)
         self.built.append(transport)
         return transport
 
@@ -80,6 +79,27 @@ def dead_letter_count(bus: DramatiqTransport, queue: str) -> int:
         return int(count)
     finally:
         client.close()
+
+
+def ready_count(bus: DramatiqTransport, queue: str) -> int:
+    """Messages of a logical queue still waiting in the broker (not yet delivered to a consumer)."""
+    name = bus.qualified(queue)
+    if bus.kind == "rabbitmq":
+        assert isinstance(bus.broker, RabbitmqBroker)
+        return bus.broker.get_queue_message_counts(name)[0]
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        count: Any = client.llen(f"skipper:{bus.options.namespace}:{name}")
+        return int(count)
+    finally:
+        client.close()
+
+
+async def wait_until_prefetched(bus: DramatiqTransport, queue: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while await asyncio.to_thread(ready_count, bus, queue) != 0:
+        assert time.monotonic() < deadline, f"{queue} was never prefetched"
+        await asyncio.sleep(0.02)
 
 
 async def test_a_message_that_exhausts_its_retries_is_dead_lettered_by_the_broker_and_reported(make: Make) -> None:
@@ -114,7 +134,7 @@ async def test_a_message_that_exhausts_its_retries_is_dead_lettered_by_the_broke
 
 async def test_the_time_limit_from_the_settings_interrupts_a_handler_that_is_then_retried(make: Make) -> None:
     # Given a 0.3 s time limit and a handler that hangs on its first attempt
-    bus = make(settings=BusSettings(time_limit_s=0.3), max_retries=2)
+    bus = make(time_limit_s=0.3, max_retries=2)
     attempts: list[int] = []
     cancelled: list[int] = []
 
@@ -139,11 +159,10 @@ async def test_the_time_limit_from_the_settings_interrupts_a_handler_that_is_the
     assert time.monotonic() - started < 5
 
 
-async def test_the_retry_backoff_comes_from_the_bus_options(make: Make) -> None:
-    # Given a transport whose retry backoff is 0.6 s (at least and at most)
+async def test_the_retry_backoff_is_the_base_policys_from_the_bus_options(make: Make) -> None:
+    # Given a transport whose retry backoff is 0.6 s (at least and at most), and no Dramatiq Retries
     bus = make(max_retries=1, retry_backoff_s=0.6, retry_backoff_max_s=0.6)
-    retries = next(m for m in bus.broker.middleware if isinstance(m, Retries))
-    assert (retries.max_retries, retries.min_backoff, retries.max_backoff) == (1, 600, 600)
+    assert not any(isinstance(m, Retries) for m in bus.broker.middleware)
     seen: list[float] = []
 
     async def fails_once(msg: Message) -> None:
@@ -156,14 +175,14 @@ async def test_the_retry_backoff_comes_from_the_bus_options(make: Make) -> None:
     # When its handler fails once
     await bus.send("backoff", Message(type="job"))
     await eventually(lambda: len(seen) == 2)
-    # Then the retry waited Dramatiq's jittered backoff: between half the maximum and the maximum
-    assert 0.29 <= seen[1] - seen[0] < 3.0
+    # Then the retry waited the base policy's backoff (`BusOptions.backoff(0)` = 0.6 s), as on every transport
+    assert bus.options.backoff(0) == 0.6
+    assert 0.55 <= seen[1] - seen[0] < 3.0
 
 
 async def test_a_message_older_than_the_max_age_is_dead_lettered_without_running(make: Make) -> None:
     # Given a message that waits longer than max_age_s before anyone consumes its queue
-    settings = BusSettings(max_age_s=0.2)
-    await make(settings=settings).send("stale", Message(type="job", body={"n": 1}))
+    await make(max_age_s=0.2).send("stale", Message(type="job", body={"n": 1}))
     await asyncio.sleep(0.4)
     ran: list[Message] = []
     reports: list[Message] = []
@@ -175,7 +194,7 @@ async def test_a_message_older_than_the_max_age_is_dead_lettered_without_running
         reports.append(msg)
 
     # When a consumer starts
-    bus = make(settings=settings)
+    bus = make(max_age_s=0.2)
     bus.consume("stale", handle)
     bus.consume(contracts.DEAD_LETTERS, on_dead_letter)
     await bus.start()
@@ -208,12 +227,10 @@ async def test_a_request_fails_with_no_consumers_once_the_only_consumer_closed(m
 CHILD = """
 import asyncio, sys
 from skipper.core.bus import BusOptions
-from skipper.core.settings import BusSettings
 from skipper.transports.dramatiq import DramatiqTransport
 
 async def main() -> None:
-    bus = DramatiqTransport(BusOptions(namespace=sys.argv[2]), url=sys.argv[1],
-                            settings=BusSettings(heartbeat_s=1), poll_interval_s=0.05)
+    bus = DramatiqTransport(BusOptions(namespace=sys.argv[2], heartbeat_s=1), url=sys.argv[1], poll_interval_s=0.05)
 
     async def hang(msg):
         print("handling", msg.data["n"], flush=True)
@@ -255,7 +272,7 @@ async def test_a_message_whose_worker_is_killed_mid_handler_runs_again_as_the_ne
         got.append(msg)
 
     # When another worker consumes the queue
-    survivor = make(settings=BusSettings(heartbeat_s=1), max_retries=2)
+    survivor = make(heartbeat_s=1, max_retries=2)
     survivor.consume("crash", handle)
     await survivor.start()
     # Then it gets the message (RabbitMQ requeues it at once; Redis once the dead worker's
@@ -263,8 +280,7 @@ async def test_a_message_whose_worker_is_killed_mid_handler_runs_again_as_the_ne
     await eventually(lambda: len(got) == 1, timeout=15)
     assert got[0].data == {"n": 7}
     assert got[0].attempt == 1
-    await asyncio.sleep(0.2)
-    assert len(got) == 1
+    await holds_for(lambda: len(got) == 1)
 
 
 async def test_a_message_that_kills_its_consumer_with_no_retries_left_is_dead_lettered(
@@ -282,7 +298,7 @@ async def test_a_message_that_kills_its_consumer_with_no_retries_left_is_dead_le
         reports.append(msg)
 
     # When another worker consumes the queue
-    survivor = make(settings=BusSettings(heartbeat_s=1), max_retries=0)
+    survivor = make(heartbeat_s=1, max_retries=0)
     survivor.consume("crash", handle)
     survivor.consume(contracts.DEAD_LETTERS, on_dead_letter)
     await survivor.start()
@@ -297,7 +313,7 @@ async def test_messages_a_closing_worker_prefetched_but_never_started_come_back_
     make: Make,
 ) -> None:
     # Given a one-thread worker that prefetched four messages and started one
-    first = make(settings=BusSettings(worker_threads=1))
+    first = make(worker_threads=1)
     started = asyncio.Event()
     done: list[int] = []
 
@@ -311,7 +327,7 @@ async def test_messages_a_closing_worker_prefetched_but_never_started_come_back_
     for n in range(4):
         await first.send("backlog", Message(type="job", body={"n": n}))
     await asyncio.wait_for(started.wait(), 10)
-    await asyncio.sleep(0.1)  # let the consumer prefetch the rest
+    await wait_until_prefetched(first, "backlog")
     # When it closes gracefully (finishing the started one)
     await first.close()
     assert len(done) == 1
@@ -325,7 +341,7 @@ async def test_messages_a_closing_worker_prefetched_but_never_started_come_back_
     await second.start()
     # Then another worker gets the other three, none of them counted as a retry
     await eventually(lambda: len(got) == 3)
-    await asyncio.sleep(0.2)
+    await holds_for(lambda: len(got) == 3)
     assert sorted([m.data["n"] for m in got] + done) == [0, 1, 2, 3]
     assert [m.attempt for m in got] == [0, 0, 0]
 
@@ -356,8 +372,8 @@ def test_each_transport_owns_its_broker_and_namespaced_actors_and_leaves_the_glo
         return None
 
     # Built without I/O, so no broker needs to run
-    a = DramatiqTransport(options, url=URLS["rabbitmq"], settings=BusSettings())
-    b = DramatiqTransport(options, url=URLS["redis"], settings=BusSettings())
+    a = DramatiqTransport(options, url=URLS["rabbitmq"])
+    b = DramatiqTransport(options, url=URLS["redis"])
     a.consume("train", handle)
     b.consume("train", handle)
     assert a.broker is not b.broker
@@ -370,4 +386,4 @@ def test_each_transport_owns_its_broker_and_namespaced_actors_and_leaves_the_glo
 
 def test_a_broker_url_that_is_neither_amqp_nor_redis_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
-        DramatiqTransport(BusOptions(), url="kafka://127.0.0.1:9092", settings=BusSettings())
+        DramatiqTransport(BusOptions(), url="kafka://127.0.0.1:9092")

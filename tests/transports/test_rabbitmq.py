@@ -1,6 +1,6 @@
 """RabbitMQ-specific behaviour of the transport, against the broker on this machine.
 
-The shared semantics are in test_transport_conformance.py; here: broker-side connection
+The shared semantics are in test_contract.py; here: broker-side connection
 loss and recovery, redelivery after a consumer process dies, retries and dead letters kept
 in the broker, `NoConsumers`/`RequestTimeout` details, and what the messages look like on
 the wire.
@@ -26,13 +26,12 @@ from skipper.core import contracts
 from skipper.core.bus import BusOptions
 from skipper.core.errors import NoConsumers, RequestTimeout, Unavailable
 from skipper.core.messages import Message, new_id
-from skipper.core.settings import BusSettings
 from skipper.transports.rabbitmq import BYTES_TYPE, JSON_TYPE, RabbitMQTransport
-from tests.conftest import eventually
-from tests.factory_rabbitmq import delete_broker_objects
+from tests.conftest import eventually, holds_for
 from tests.services import CI, RABBITMQ_URL, require_rabbitmq
+from tests.transports.factory_rabbitmq import delete_broker_objects
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Broker:
@@ -43,14 +42,13 @@ class Broker:
         self.built: list[RabbitMQTransport] = []
 
     def transport(
-        self, *, connection_name: str | None = None, settings: BusSettings | None = None, **overrides: Any
+        self, *, connection_name: str | None = None, **overrides: Any
     ) -> RabbitMQTransport:
         options = {"namespace": self.namespace, "retry_backoff_s": 0.05, "retry_backoff_max_s": 0.2, "max_retries": 2}
         options.update(overrides)
         transport = RabbitMQTransport(
             BusOptions(**options),
             url=RABBITMQ_URL,
-            settings=settings or BusSettings(),
             connection_name=connection_name or f"skipper-test:{self.namespace}",
         )
         self.built.append(transport)
@@ -133,11 +131,10 @@ async def close_connections_named(name: str) -> int:
 CONSUMER_PROCESS = """
 import asyncio, sys
 from skipper.core.bus import BusOptions
-from skipper.core.settings import BusSettings
 from skipper.transports.rabbitmq import RabbitMQTransport
 
 async def main(url, namespace):
-    bus = RabbitMQTransport(BusOptions(namespace=namespace), url=url, settings=BusSettings())
+    bus = RabbitMQTransport(BusOptions(namespace=namespace), url=url)
     async def hang(msg):
         print("started", msg.attempt, flush=True)
         await asyncio.Event().wait()
@@ -224,7 +221,7 @@ async def test_a_connection_closed_by_the_broker_is_reestablished_and_work_flows
 async def test_a_handler_running_longer_than_the_heartbeat_keeps_its_connection(broker: Broker) -> None:
     # Given a one-second heartbeat and a handler that works for three seconds in a worker
     # thread (as training does)
-    bus = broker.transport(settings=BusSettings(heartbeat_s=1))
+    bus = broker.transport(heartbeat_s=1)
     connects: list[int] = []
     handled: list[int] = []
 
@@ -241,8 +238,7 @@ async def test_a_handler_running_longer_than_the_heartbeat_keeps_its_connection(
     await bus.send("train", Message(type="train.command"))
     await eventually(lambda: handled == [0], timeout=15)
     # Then the connection never dropped and the message was acked once, not redelivered
-    await asyncio.sleep(0.2)
-    assert bus.connected and connects == [1] and handled == [0]
+    await holds_for(lambda: bus.connected and connects == [1] and handled == [0])
     assert await broker.message_count("train") == 0
 
 
@@ -266,7 +262,7 @@ async def test_a_message_whose_consumer_process_dies_is_redelivered_and_handled_
     await survivor.start()
     # Then it handles the message once, counted as the second attempt
     await eventually(lambda: len(seen) == 1, timeout=15)
-    await asyncio.sleep(0.3)
+    await holds_for(lambda: len(seen) == 1)
     assert seen == [(1, {"task_id": "t-7"})]
 
 
@@ -349,8 +345,7 @@ async def test_a_drop_mid_handler_neither_loses_the_message_nor_runs_it_twice(br
     release.set()
     if outcome == "returns":
         await wait_for_state(broker, "train", (0, 0))
-        await asyncio.sleep(0.5)
-        assert runs == [0]
+        await holds_for(lambda: runs == [0], seconds=0.5)
     else:
         await eventually(lambda: runs == [0, 1], timeout=15)  # retried once, as attempt 1
         await wait_for_state(broker, "train", (0, 0))
@@ -461,8 +456,7 @@ async def test_a_request_after_the_last_consumer_left_fails_with_no_consumers(br
         assert time.monotonic() < deadline, outcomes
         await ask()
     # A stale request left behind expires in the queue instead of waiting for a consumer
-    await asyncio.sleep(0.3)
-    assert await broker.message_count("echo") == 0
+    await broker.wait_for_messages("echo", 0, timeout=2.0)
 
 
 async def test_concurrent_requests_each_get_their_own_reply(broker: Broker) -> None:

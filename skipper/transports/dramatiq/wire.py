@@ -1,0 +1,88 @@
+"""What the Dramatiq transport puts in a Dramatiq message, and the frames of its side channels.
+
+Work queues: a Dramatiq message for actor `<ns>.<queue>` on queue `<ns>.<queue>` whose one
+argument is the envelope dict (`to_envelope`): type, body, headers, id, correlation_id,
+reply_to, created_at. `attempt` is not in it: it is Dramatiq's `retries` option. A request
+also carries the options `max_retries: 0` and `skipper_deadline_ms` (dropped once past).
+
+Side-channel frames (fanout events and request replies, on RabbitMQ or Redis): `SKF1`, the
+length of a JSON header as a big-endian uint32, the header (`Message.to_headers()`, plus
+`x-reply-for: <token>` on a reply), then the raw body (JSON, or bytes when `x-body-kind` is
+`bytes`). A request's `reply_to` is `<reply address>#<token>`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from typing import Any
+
+from skipper.core.messages import Message, new_id
+
+DEADLINE = "skipper_deadline_ms"  # message option: a request nobody waits for any more is dropped
+
+
+def actor_name(namespace: str, queue: str) -> str:
+    """The Dramatiq actor (and queue) name of a logical queue."""
+    return f"{namespace}.{queue}"
+
+
+def to_envelope(msg: Message) -> dict[str, Any]:
+    """The actor's argument: the message without `attempt`, which Dramatiq's Retries counts."""
+    return {
+        "type": msg.type,
+        "body": msg.body,
+        "headers": msg.headers,
+        "id": msg.id,
+        "correlation_id": msg.correlation_id,
+        "reply_to": msg.reply_to,
+        "created_at": msg.created_at,
+    }
+
+
+def from_envelope(env: dict[str, Any], attempt: int) -> Message:
+    body = env.get("body", {})
+    return Message(
+        type=str(env.get("type", "")),
+        body=bytes(body) if isinstance(body, bytes) else body,
+        headers=dict(env.get("headers") or {}),
+        id=str(env.get("id") or new_id()),
+        correlation_id=env.get("correlation_id"),
+        reply_to=env.get("reply_to"),
+        created_at=float(env.get("created_at") or time.time()),
+        attempt=attempt,
+    )
+
+
+_FRAME_MAGIC = b"SKF1"
+
+
+def pack_frame(msg: Message, *, reply_for: str | None = None) -> bytes:
+    """One request reply or fanout message: JSON header, then the raw body."""
+    headers = msg.to_headers()
+    if reply_for is not None:
+        headers["x-reply-for"] = reply_for
+    head = json.dumps(headers, separators=(",", ":")).encode()
+    body = msg.body if isinstance(msg.body, bytes) else json.dumps(msg.body, separators=(",", ":")).encode()
+    return b"".join((_FRAME_MAGIC, struct.pack(">I", len(head)), head, body))
+
+
+def unpack_frame(data: bytes) -> tuple[Message, str | None]:
+    """The message in a frame, and the request token it replies to (if any)."""
+    if not data.startswith(_FRAME_MAGIC):
+        raise ValueError("not a Skipper frame")
+    (head_len,) = struct.unpack_from(">I", data, len(_FRAME_MAGIC))
+    start = len(_FRAME_MAGIC) + 4
+    headers = json.loads(data[start : start + head_len])
+    raw = data[start + head_len :]
+    body: bytes | dict[str, Any] = raw if headers.get("x-body-kind") == "bytes" else json.loads(raw)
+    reply_for = headers.get("x-reply-for")
+    return Message.from_headers(headers, body), reply_for
+
+
+def split_reply_to(reply_to: str) -> tuple[str, str] | None:
+    address, sep, token = reply_to.rpartition("#")
+    return (address, token) if sep and address and token else None
+
+
