@@ -636,9 +636,9 @@ def scenario_rolling_restart(dep: Deployment, **kw: Any) -> Outcome:
             assert code in (0, -signal.SIGTERM), server.tail()
             left = time.monotonic() - started
             replacement = dep.cluster.start("server", f"{server.name}-r")
-            version = _production_version(dep.the_api)
-            eventually(lambda r=replacement, v=version: r.models().get("diabetes") == v, timeout=120,
-                       what=f"{replacement.name} serves v{version}")
+            # Ready once it holds a version (it takes requests only then); trainings meanwhile add versions.
+            eventually(lambda r=replacement: r.models().get("diabetes") is not None, timeout=120,
+                       what=f"{replacement.name} serves diabetes")
             timings.append(f"server{i + 1}: left in {left:.2f} s, replacement ready in {time.monotonic() - started:.1f} s")
             dep.servers[i] = replacement
         return time.monotonic()
@@ -660,11 +660,6 @@ def scenario_server_kill(dep: Deployment, **kw: Any) -> Outcome:
     dep.servers[0] = dep.cluster.start("server", f"{dep.servers[0].name}-k")
     dep.wait_servers()
     return out
-
-
-def _production_version(api: Role) -> int:
-    model = http("GET", f"{api.url}/models/diabetes")[1]
-    return int(model["production_version"])
 
 
 def scenario_trainer_kills(dep: Deployment, kills: int = 10) -> Outcome:
