@@ -70,6 +70,9 @@ class ArtifactStore:
         if not _SHA256.match(sha256):
             raise ArtifactRejected(f"artifact sha256 {sha256[:80]!r} is not a hex SHA-256")
         part = self._part(model, upload)
+        path = part.parent / f"{sha256}.tar.gz"
+        if not part.exists() and path.is_file() and path.stat().st_size == size:
+            return path  # committed already: a redelivered `model.artifact`
         try:
             actual_size, actual = file_digest(part)
         except FileNotFoundError:
@@ -78,7 +81,6 @@ class ArtifactStore:
             part.unlink(missing_ok=True)
             raise ArtifactRejected("uploaded artifact does not match its size and checksum",
                                    details={"size": actual_size, "expected_size": size, "sha256": actual})
-        path = part.parent / f"{sha256}.tar.gz"
         with open(part, "rb") as f:
             os.fsync(f.fileno())
         os.replace(part, path)
