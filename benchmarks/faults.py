@@ -176,6 +176,7 @@ def main() -> None:
     parser.add_argument("--swaps", type=int, default=50)
     parser.add_argument("--outage-s", type=float, default=10)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", type=Path, help="keep the processes' logs and data in this directory")
     args = parser.parse_args()
     for tool in ("wrk", "redis-server"):
         if shutil.which(tool) is None:
@@ -187,7 +188,8 @@ def main() -> None:
     rows: list[Row] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="skipper-faults-") as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         script = work / "predict.lua"
         script.write_text(LUA)
         with private_rabbitmq(work / "rmq") as rabbit:

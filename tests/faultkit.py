@@ -349,10 +349,16 @@ def wait_task(api: Role, task_id: str, timeout: float = 300) -> dict[str, Any]:
 
 
 def succeeded_once(api: Role, task_ids: list[str]) -> dict[str, int]:
-    """Per task: how many versions it produced and how many `task.succeeded` events it has (each must be 1)."""
+    """Per task: how many versions it produced (each must be 1: a run that completed twice would register twice)."""
     versions = Counter(v["task_id"] for v in http("GET", f"{api.url}/models/diabetes")[1]["versions"])
+    return {t: versions[t] for t in task_ids}
+
+
+def succeeded_events(api: Role, task_ids: list[str]) -> int:
+    """How many of `task_ids` have their `task.succeeded` event (events are best effort: one emitted
+    while the broker is down is lost, the task and its version are not)."""
     events = Counter(e["task_id"] for e in http("GET", f"{api.url}/events?kind=task.succeeded&limit=1000")[1]["events"])
-    return {t: min(versions[t], events[t]) if versions[t] == events[t] else -1 for t in task_ids}
+    return sum(1 for t in task_ids if events[t] >= 1)
 
 
 class Trainings:
@@ -367,6 +373,8 @@ class Trainings:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.accepted: list[str] = []
         self.refused: Counter[str] = Counter()  # status of each submission that was not accepted
+        self.problems: dict[str, str] = {}  # accepted tasks that did not succeed exactly once -> status
+        self.events_missing = 0  # succeeded tasks whose task.succeeded event was lost
 
     def start(self) -> Trainings:
         self._thread.start()
@@ -394,6 +402,8 @@ class Trainings:
         succeeded = [t for t in self.accepted if wait_task(self._api, t, timeout)["status"] == "succeeded"]
         once = succeeded_once(self._api, succeeded) if succeeded else {}
         exactly = sum(1 for n in once.values() if n == 1)
+        self.problems = {t: task(self._api, t)["status"] for t in self.accepted if once.get(t) != 1}
+        self.events_missing = len(succeeded) - succeeded_events(self._api, succeeded) if succeeded else 0
         return len(self.accepted), exactly, len(self.accepted) - len(succeeded)
 
 
@@ -582,6 +592,10 @@ def measure(scenario: str, dep: Deployment, fault: Callable[[], float], *, clien
         out.accepted, out.succeeded, out.unfinished = submissions.settle()
         if submissions.refused:
             out.notes.append(f"submissions refused: {dict(submissions.refused)}")
+        if submissions.problems:
+            out.notes.append(f"not succeeded exactly once: {submissions.problems}")
+        if submissions.events_missing:
+            out.notes.append(f"{submissions.events_missing} task.succeeded events lost (emitted while the broker was down)")
     return out
 
 
