@@ -29,6 +29,18 @@ BASE_IMAGE = "python:3.11-slim"
 Instruction = dict[str, Any]
 
 
+def global_args() -> dict[str, str]:
+    """The ARGs declared before the first FROM, with their defaults."""
+    args: dict[str, str] = {}
+    for ins in DockerfileParser(path=str(DOCKERFILE)).structure:
+        if ins["instruction"] == "FROM":
+            break
+        if ins["instruction"] == "ARG":
+            name, _, default = ins["value"].partition("=")
+            args[name.strip()] = default.strip()
+    return args
+
+
 def stages() -> list[list[Instruction]]:
     """The Dockerfile's instructions grouped by stage (comments dropped)."""
     parser = DockerfileParser(path=str(DOCKERFILE))
@@ -37,13 +49,35 @@ def stages() -> list[list[Instruction]]:
         if ins["instruction"] == "FROM":
             result.append([])
         if ins["instruction"] != "COMMENT":
-            assert result, "an instruction before the first FROM"
+            if not result:
+                assert ins["instruction"] == "ARG", "only ARGs may come before the first FROM"
+                continue
             result[-1].append(ins)
     return result
 
 
+def stage_name(stage: list[Instruction]) -> str:
+    words = values(stage, "FROM")[0].split()
+    return words[2] if len(words) == 3 and words[1].lower() == "as" else ""
+
+
+def with_ancestors(stage: list[Instruction]) -> list[Instruction]:
+    """A stage's instructions after those of the earlier stage it starts FROM (what the image inherits)."""
+    parent = values(stage, "FROM")[0].split()[0]
+    earlier = {stage_name(s): s for s in stages()}
+    if parent in earlier:
+        return [i for i in with_ancestors(earlier[parent]) if i["instruction"] != "FROM"] + stage
+    return stage
+
+
+def named_stage(name: str) -> list[Instruction]:
+    (found,) = [s for s in stages() if stage_name(s) == name]
+    return with_ancestors(found)
+
+
 def final_stage() -> list[Instruction]:
-    return stages()[-1]
+    """The default target (the last stage) with what it inherits."""
+    return with_ancestors(stages()[-1])
 
 
 def values(stage: list[Instruction], instruction: str) -> list[str]:
@@ -63,8 +97,23 @@ def env_of(stage: list[Instruction]) -> dict[str, str]:
 # the Dockerfile
 # --------------------------------------------------------------------------------------------
 def test_every_stage_starts_from_the_slim_python_311_image() -> None:
-    froms = [values(stage, "FROM")[0].split()[0] for stage in stages()]
-    assert froms and all(f == BASE_IMAGE for f in froms), froms
+    # By default: the BASE_IMAGE argument (a local Debian bookworm base in the image test) or an earlier stage.
+    assert global_args() == {"BASE_IMAGE": BASE_IMAGE}
+    earlier: set[str] = set()
+    for stage in stages():
+        parent = values(stage, "FROM")[0].split()[0]
+        assert parent == "${BASE_IMAGE}" or parent in earlier, parent
+        earlier.add(stage_name(stage))
+
+
+def test_the_api_target_has_no_tensorflow_and_runs_the_api_role() -> None:
+    builder = next(s for s in stages() if stage_name(s) == "api-builder")
+    (install,) = [r for r in values(builder, "RUN") if "requirements.in" in r and "pip install" in r]
+    assert "startswith(('tensorflow', 'keras', 'scikit-learn'))" in install and "-c requirements.lock" in install
+    api = named_stage("api")
+    assert values(api, "COPY") == ["--from=api-builder /opt/venv /opt/venv"]
+    assert json.loads(values(api, "CMD")[-1]) == ["--role=api"]
+    assert values(api, "USER")[-1] == "10001:10001"
 
 
 def test_the_build_is_multi_stage_and_the_runtime_copies_the_builders_venv() -> None:

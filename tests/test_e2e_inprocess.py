@@ -9,10 +9,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from skipper.core.messages import Message
 from skipper.core.runtime import Runtime
 from tests.apphelpers import running_skipper, wait_for_task
 
@@ -138,3 +140,41 @@ async def test_cancelling_a_running_task_stops_training_and_registers_nothing(
     task = (await client.get(f"/tasks/{task_id}")).json()
     assert task["status"] == "cancelled" and task["progress"]["epoch"] < 500
     assert (await client.get("/models")).json()["models"] == []
+
+
+async def test_an_artifact_over_the_inline_limit_travels_in_chunks_both_ways(tmp_path: Path) -> None:
+    # Given chunks of 4 KiB and nothing inline: every artifact goes trainer -> registry in chunks,
+    # is announced by reference, and reaches the server in ranges
+    bus = {"inline_artifact_max_bytes": 0, "artifact_chunk_bytes": 4096}
+    async with running_skipper(tmp_path, frozenset({"api", "trainer", "server"}), bus=bus) as (client, runtime):
+        transport = runtime.container.transport()
+        sizes: dict[str, list[int]] = {}
+        request = transport.request
+
+        async def spy(queue: str, msg: Message, **kw: Any) -> Message:
+            reply = await request(queue, msg, **kw)
+            for m in (msg, reply):
+                if isinstance(m.body, bytes):
+                    sizes.setdefault(msg.type, []).append(len(m.body))
+            return reply
+
+        transport.request = spy  # type: ignore[method-assign]
+        queued = await client.post("/workflows/diabetes/train", json={"params": {"epochs": 2}})
+        task = await wait_for_task(client, queued.json()["task_id"], {"succeeded", "failed"})
+        assert task["status"] == "succeeded", task
+        for _ in range(200):
+            if (await client.get("/ready")).json()["models"].get("diabetes") == 1:
+                break
+            await asyncio.sleep(0.05)
+        predicted = await client.post("/models/diabetes/predict", json={"instances": [ROW]})
+        assert predicted.status_code == 200, predicted.text
+        # The stored artifact is whole (its checksum was checked at commit) and no upload part is left
+        store = tmp_path / "artifacts" / "diabetes"
+        stored = list(store.glob("*.tar.gz")) if store.exists() else list(tmp_path.rglob("*.tar.gz"))
+        assert len(stored) == 1 and stored[0].stat().st_size > 4096
+        assert not list(tmp_path.rglob(".upload-*")) and not list(tmp_path.rglob(".download-*"))
+        assert not list((tmp_path / "training").glob("skipper-train-*"))  # the trainer's work dir is cleaned up
+        # Both ways in pieces of at most one chunk, adding up to the artifact
+        for kind in ("model.artifact.chunk", "registry.artifact"):
+            assert len(sizes[kind]) > 1 and max(sizes[kind]) <= 4096, (kind, sizes.get(kind))
+        assert sum(sizes["model.artifact.chunk"]) == stored[0].stat().st_size

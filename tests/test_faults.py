@@ -7,14 +7,11 @@ own processes' connections (tests/drops.py), so other tests can share the broker
 
 from __future__ import annotations
 
-import json
 import signal
-import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from http.client import HTTPConnection, HTTPException
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ import pytest
 from skipper.core.db import Database
 from skipper.core.repositories import ModelRegistry
 from tests.drops import drop_rabbitmq, drop_redis, queue_counts, rabbitmq_connections, redis_clients, require_rabbitmqctl
+from tests.faultkit import LONG_TRAINING, PredictLoad, epoch_reached, submit, task, wait_task
 from tests.processes import ROW, Cluster, Role, eventually, http, postgres_schema, train
 from tests.services import RABBITMQ_URL, REDIS_URL, require_postgres, require_rabbitmq, require_redis
 
@@ -33,8 +31,6 @@ BROKERS = {
     "dramatiq-rabbitmq": ("dramatiq", RABBITMQ_URL),
     "dramatiq-redis": ("dramatiq", REDIS_URL),
 }
-# Long enough that the drops and the kill below land mid-training; no early stop.
-LONG_TRAINING = {"epochs": 150, "batch_size": 8, "early_stopping": None}
 
 
 class Faults:
@@ -84,27 +80,8 @@ def faults(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Faults]:
             cluster.stop()
 
 
-def submit(api: Role, **params: Any) -> str:
-    status, body = http("POST", f"{api.url}/workflows/diabetes/train", {"params": params})
-    assert status == 202, body
-    return str(body["task_id"])
-
-
-def task(api: Role, task_id: str) -> dict[str, Any]:
-    return dict(http("GET", f"{api.url}/tasks/{task_id}")[1])
-
-
-def epoch_reached(api: Role, task_id: str, epoch: int) -> Callable[[], bool]:
-    return lambda: (task(api, task_id).get("progress") or {}).get("epoch", 0) >= epoch
-
-
 def finished(api: Role, task_id: str, timeout: float = 300) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        t = task(api, task_id)
-        return t if t["status"] in ("succeeded", "failed", "cancelled") else None
-
-    result: dict[str, Any] = eventually(done, timeout=timeout, interval=0.5, what=f"task {task_id} finished")
-    return result
+    return wait_task(api, task_id, timeout)
 
 
 def assert_succeeded_exactly_once(api: Role, task_id: str) -> dict[str, Any]:
@@ -166,66 +143,6 @@ def test_two_broker_drops_during_one_training_still_end_succeeded(faults: Faults
         assert queue_counts(f"{faults.namespace}.train") == (0, 0)
 
 
-class PredictLoad:
-    """`clients` threads predicting one row each in a loop against 127.0.0.1, bounded in count and time."""
-
-    def __init__(self, api: Role, *, clients: int = 16, max_requests: int = 200_000, max_seconds: float = 240) -> None:
-        self._api = api
-        self._clients = clients
-        self._left = max_requests
-        self._deadline = time.monotonic() + max_seconds
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self.outcomes: Counter[str] = Counter()
-        self.failures: list[tuple[float, str]] = []  # (time, what) of every failed prediction
-
-    def start(self) -> None:
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self._clients)]
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    @property
-    def ok(self) -> int:
-        return self.outcomes["200"]
-
-    def _take(self) -> bool:
-        with self._lock:
-            if self._stop.is_set() or self._left <= 0 or time.monotonic() > self._deadline:
-                return False
-            self._left -= 1
-            return True
-
-    def _run(self) -> None:
-        body = json.dumps({"instances": [ROW]})
-        path = "/api/v1/skipper/models/diabetes/predict"
-        conn: HTTPConnection | None = None
-        while self._take():
-            try:
-                conn = conn or HTTPConnection("127.0.0.1", self._api.port, timeout=30)
-                conn.request("POST", path, body, {"content-type": "application/json"})
-                response = conn.getresponse()
-                raw = response.read()
-                outcome = str(response.status)
-                detail = "" if response.status == 200 else raw.decode(errors="replace")[:200]
-            except (OSError, HTTPException) as exc:
-                outcome, detail = "error", repr(exc)
-                if conn is not None:
-                    conn.close()
-                conn = None
-            with self._lock:
-                self.outcomes[outcome] += 1
-                if outcome != "200":
-                    self.failures.append((time.monotonic(), f"{outcome} {detail}"))
-        if conn is not None:
-            conn.close()
-
-
 def restart(cluster: Cluster, server: Role, name: str) -> tuple[Role, float, float]:
     """SIGTERM `server`, wait for it to leave, start a new one; (it, seconds to leave, seconds to be ready)."""
     started = time.monotonic()
@@ -248,8 +165,7 @@ def test_a_rolling_restart_of_two_servers_under_load_fails_no_prediction(faults:
     assert train(api, epochs=2)["status"] == "succeeded"
     eventually(lambda: all(s.models() == {"diabetes": 1} for s in servers), what="both servers serve v1")
 
-    load = PredictLoad(api)
-    load.start()
+    load = PredictLoad(api, clients=16, max_requests=200_000, max_seconds=240).start()
     try:
         eventually(lambda: load.ok >= 200, timeout=60, what="predictions flowing")
         timings = []
@@ -261,9 +177,10 @@ def test_a_rolling_restart_of_two_servers_under_load_fails_no_prediction(faults:
             servers[i] = replacement
     finally:
         load.stop()
-    print(f"\n[{faults.variant}] rolling restart under {load._clients} clients: {sum(load.outcomes.values())} "
-          f"predictions, outcomes {dict(load.outcomes)}; per server (s to leave, s to be ready): {timings}")
-    assert load.failures == [], load.failures[:10]
+    outcomes = Counter(s.outcome for s in load.samples)
+    print(f"\n[{faults.variant}] rolling restart under {load.clients} clients: {len(load.samples)} "
+          f"predictions, outcomes {dict(outcomes)}; per server (s to leave, s to be ready): {timings}")
+    assert set(outcomes) == {"200"}, load.details
     served = 'skipper_served_predictions_total{model="diabetes"}'
     assert all(s.metric(served) > 0 for s in servers), "both restarted servers took requests"
 

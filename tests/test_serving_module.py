@@ -243,6 +243,22 @@ async def test_a_published_artifact_by_reference_is_fetched_from_the_registry(ma
     assert reply["predictions"] == pytest.approx(built(2).expected(rows(3)), rel=1e-5, abs=1e-5)
 
 
+async def test_a_large_artifact_is_fetched_in_ranges_streamed_to_disk(make: Make, tmp_path: Path) -> None:
+    # Given a server whose artifact ranges are 1 KiB (a large model's would be megabytes)
+    harness = await serving(make, bus={"artifact_chunk_bytes": 1024})
+    harness.registry.artifacts[("diabetes", 2)] = built(2).data
+    before = harness.registry.artifact_requests
+    # When version 2 is announced by reference
+    await harness.publish({"ref": True}, **headers(built(2), version=2, seq=2))
+    # Then it arrives range by range, never in one message, and serves
+    await eventually(lambda: harness.version() == 2)
+    assert harness.registry.artifact_requests - before == -(-len(built(2).data) // 1024)
+    assert harness.registry.largest_reply <= 1024 < len(built(2).data)
+    reply = await harness.predict(rows(2))
+    assert reply["predictions"] == pytest.approx(built(2).expected(rows(2)), rel=1e-5, abs=1e-5)
+    assert not list((tmp_path / "serving").glob(".download-*"))  # the download is removed once extracted
+
+
 async def test_a_rollback_is_installed_and_an_out_of_date_announcement_is_ignored(make: Make) -> None:
     # Given version 2 serving (seq 2)
     harness = await serving(make)

@@ -84,10 +84,11 @@ def good_members(seed: int = 1) -> list[tuple[str | tarfile.TarInfo, bytes | Non
         return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
 
 
-def settings(tmp_path: Path, *, workflows: dict[str, Any] | None = None, **serving: Any) -> Settings:
+def settings(tmp_path: Path, *, workflows: dict[str, Any] | None = None, bus: dict[str, Any] | None = None,
+             **serving: Any) -> Settings:
     return Settings.model_validate({
         "data_dir": str(tmp_path),
-        "bus": {"retry_backoff_s": 0.02, "reconnect_backoff_max_s": 0.1, "request_timeout_s": 2},
+        "bus": {"retry_backoff_s": 0.02, "reconnect_backoff_max_s": 0.1, "request_timeout_s": 2, **(bus or {})},
         "serving": ServingSettings(**serving).model_dump(),
         "workflows": workflows or {},
     })
@@ -107,6 +108,7 @@ class FakeRegistry:
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     production_requests: int = 0
     artifact_requests: int = 0
+    largest_reply: int = 0  # bytes in the largest artifact reply sent
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -130,7 +132,10 @@ class FakeRegistry:
             if key not in self.artifacts:
                 raise NotFound(f"no artifact {key}")
             data = self.artifacts[key]
-            return msg.reply(data, headers={"sha256": artifacts.sha256_of(data)})
+            offset, length = int(msg.data.get("offset", 0)), int(msg.data.get("length", len(data)))
+            self.largest_reply = max(self.largest_reply, len(data[offset:offset + length]))
+            return msg.reply(data[offset:offset + length], headers={"sha256": artifacts.sha256_of(data),
+                                                                    "size": len(data), "offset": offset})
         raise NotFound(f"unexpected {msg.type}")
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -26,7 +27,7 @@ from skipper import __version__
 from skipper.core import openapi
 from skipper.core.auth import OPEN, build_guard, is_loopback
 from skipper.core.docs import docs_endpoints
-from skipper.core.errors import BadRequest, SkipperError
+from skipper.core.errors import BadRequest, SkipperError, Unavailable
 from skipper.core.logs import correlation_id
 from skipper.core.messages import new_id
 from skipper.core.module import Module
@@ -143,7 +144,7 @@ def create_app(*, settings: Settings, role: str, modules: Sequence[Module], life
     style_for = style_resolver(groups)
     app = Starlette(routes=build_routes(groups, guard, options), lifespan=lifespan, exception_handlers={
         SkipperError: _skipper_error(style_for), HTTPException: _http_error(style_for),
-        Exception: _unexpected_error(style_for)})
+        DBAPIError: _database_error(style_for), Exception: _unexpected_error(style_for)})
     app.state.guard = guard  # the dashboard adds its session cookie here: app.state.guard.add_source(...)
     app.state.route_groups = groups
     if http.cors_origins:
@@ -181,6 +182,24 @@ def _http_error(style_for: StyleFor) -> Callable[[Request, Exception], Any]:
         error.code, error.status = code, exc.status_code
         body = style_for(request.url.path).render(error)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    return handle
+
+
+def _database_error(style_for: StyleFor) -> Callable[[Request, Exception], Any]:
+    """A request whose database connection died under it (PostgreSQL restarted, the session ended):
+    503, which a client retries; the pool's pre-ping gives the next request a live connection."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, DBAPIError)
+        if not (exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))):
+            log.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
+            return JSONResponse(style_for(request.url.path).render(SkipperError("internal server error")),
+                                status_code=500)
+        log.warning("database connection lost on %s %s (%s)", request.method, request.url.path,
+                    type(exc.orig or exc).__name__)
+        error = Unavailable("the database connection was lost; retry the request", details={"retry": True})
+        return error_response(error, style_for(request.url.path))
 
     return handle
 

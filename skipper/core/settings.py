@@ -52,6 +52,8 @@ class BusSettings(_Section):
     request_timeout_s: float = Field(10.0, gt=0)
     reconnect_backoff_max_s: float = Field(10.0, gt=0)
     inline_artifact_max_bytes: int = Field(4 * 1024 * 1024, ge=0)
+    # Larger artifacts travel in chunks of this size (trainer -> registry, registry -> servers).
+    artifact_chunk_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     heartbeat_s: int = Field(30, ge=0)
     worker_threads: int = Field(4, ge=1, le=256)
     time_limit_s: float = Field(3600.0, gt=0)

@@ -31,12 +31,14 @@ class RegistryService:
         self._registry = registry
         self._store = store
         self._inline_max = settings.bus.inline_artifact_max_bytes
+        self._chunk = settings.bus.artifact_chunk_bytes
         self._handlers = {
             contracts.TASK_CLAIM: self._claim,
             contracts.TASK_PROGRESS: self._progress,
             contracts.TASK_FAILED: self._failed,
             contracts.TASK_CANCEL_ACK: self._cancel_ack,
             contracts.MODEL_ARTIFACT: self._artifact,
+            contracts.MODEL_ARTIFACT_CHUNK: self._artifact_chunk,
             contracts.REGISTRY_PRODUCTION: self._production,
             contracts.REGISTRY_ARTIFACT: self._artifact_bytes,
         }
@@ -108,12 +110,22 @@ class RegistryService:
 
     # --- registry -------------------------------------------------------------------------
 
-    async def _artifact(self, msg: Message) -> None:
+    async def _artifact_chunk(self, msg: Message) -> Message:
+        """One piece of a large artifact from a trainer, written at its offset; the reply says it is stored."""
         if not isinstance(msg.body, bytes):
-            raise ArtifactRejected("model.artifact must carry the archive as bytes")
+            raise ArtifactRejected("model.artifact.chunk must carry bytes")
+        headers = msg.headers
+        await asyncio.to_thread(self._store.write_chunk, str(headers["model"]), str(headers["upload"]),
+                                int(headers["offset"]), msg.body, max_bytes=self._settings.serving.max_artifact_bytes)
+        return msg.reply({"stored": len(msg.body)})
+
+    async def _artifact(self, msg: Message) -> None:
         headers = msg.headers
         task_id, model, sha = headers["task_id"], headers["model"], headers["sha256"]
-        if sha256_of(msg.body) != sha:
+        upload = msg.data.get("upload") if isinstance(msg.body, dict) else None
+        if not isinstance(msg.body, bytes) and not isinstance(upload, str):
+            raise ArtifactRejected("model.artifact must carry the archive as bytes, or name the upload of its chunks")
+        if isinstance(msg.body, bytes) and sha256_of(msg.body) != sha:
             # Corrupt in transit: fail the task rather than register something else.
             error = ArtifactRejected("artifact checksum does not match", details={"model": model}).to_payload()["error"]
             await asyncio.to_thread(self._tasks.finish, task_id, "failed", error=error)
@@ -131,9 +143,19 @@ class RegistryService:
             log.info("dropping artifact of %s task %s", task.status, task_id, extra={"correlation_id": msg.correlation_id})
             return
         metadata: dict[str, Any] = headers.get("metadata") or {}
-        path = await asyncio.to_thread(self._store.put, model, sha, msg.body)
+        if isinstance(msg.body, bytes):
+            path, size = await asyncio.to_thread(self._store.put, model, sha, msg.body), len(msg.body)
+        else:
+            size = int(msg.data.get("size", -1))
+            try:  # the chunks, checked against the size and checksum the trainer computed
+                path = await asyncio.to_thread(self._store.commit, model, str(upload), sha, size)
+            except ArtifactRejected as exc:
+                if await asyncio.to_thread(self._tasks.finish, task_id, "failed", error=exc.to_payload()["error"]):
+                    await self._events.emit("task.failed", task_id=task_id, correlation_id=msg.correlation_id,
+                                            error=exc.to_payload()["error"])
+                return
         version, created = await asyncio.to_thread(
-            self._registry.add_version, model=model, sha256=sha, size=len(msg.body), path=str(path),
+            self._registry.add_version, model=model, sha256=sha, size=size, path=str(path),
             metrics=metadata.get("metrics") or {}, metadata=metadata, task_id=task_id,
         )
         result = {"model": model, "model_version": version.version, "metrics": version.metrics}
@@ -148,6 +170,15 @@ class RegistryService:
         return msg.reply({"models": [signing.sign(key, v.announcement()) for v in versions]})
 
     async def _artifact_bytes(self, msg: Message) -> Message:
+        """A version's artifact: all of it, or the range `offset`/`length` asked for (at most one chunk)."""
         version = await asyncio.to_thread(self._registry.get, msg.data["model"], int(msg.data["version"]))
+        headers: dict[str, Any] = {"sha256": version.sha256, "model": version.model, "version": version.version}
+        if "offset" in msg.data:
+            length = min(int(msg.data.get("length", self._chunk)), self._chunk)
+            data, size = await asyncio.to_thread(self._store.read_range, version.path, int(msg.data["offset"]), length)
+            return msg.reply(data, headers=headers | {"size": size, "offset": int(msg.data["offset"])})
+        if version.size > self._chunk:
+            raise ArtifactRejected(f"artifact is {version.size} bytes: ask for it in ranges of at most {self._chunk}",
+                                   details={"size": version.size, "chunk": self._chunk})
         data = await asyncio.to_thread(self._store.read, version.path)
-        return msg.reply(data, headers={"sha256": version.sha256, "model": version.model, "version": version.version})
+        return msg.reply(data, headers=headers)

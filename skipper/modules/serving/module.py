@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -213,13 +214,16 @@ class ServingModule(Module):
                 self._guard.check(release.model, release.version, needs, held=self._held(),
                                   loading=list(self._loading.values()))
                 self._loading[release.model] = needs
-                if data is None:
-                    data = await self._fetch(release, correlation_id)
-                factory = resolve_predictor(self._settings, release.model)
-                prepared = await asyncio.to_thread(
-                    store.prepare, data, name=release.model, version=release.version, sha256=release.sha256,
-                    seq=release.seq, settings=self._settings, factory=factory,
-                )
+                archive: bytes | Path = data if data is not None else await self._fetch(release, correlation_id)
+                try:
+                    factory = resolve_predictor(self._settings, release.model)
+                    prepared = await asyncio.to_thread(
+                        store.prepare, archive, name=release.model, version=release.version, sha256=release.sha256,
+                        seq=release.seq, settings=self._settings, factory=factory,
+                    )
+                finally:
+                    if isinstance(archive, Path):  # the download, once extracted (or refused)
+                        await asyncio.to_thread(archive.unlink, True)
             except ArtifactRejected as exc:
                 self._refused.add(refused)
                 await self._rejected(release.model, release.version, release.sha256, exc, correlation_id, task_id)
@@ -281,13 +285,36 @@ class ServingModule(Module):
         del old
         await asyncio.to_thread(store.recollect)
 
-    async def _fetch(self, release: Release, correlation_id: str | None) -> bytes:
-        request = Message(type=contracts.REGISTRY_ARTIFACT, body={"model": release.model, "version": release.version},
-                          correlation_id=correlation_id)
-        reply = await self._bus.request(contracts.REGISTRY, request, timeout=self._settings.serving.catch_up_timeout_s)
-        if not isinstance(reply.body, bytes):
-            raise ArtifactRejected("the registry answered an artifact request without bytes")
-        return reply.body
+    async def _fetch(self, release: Release, correlation_id: str | None) -> Path:
+        """Stream a version's artifact from the registry to a file, in ranges of `bus.artifact_chunk_bytes`.
+
+        Never one bus message for a large artifact and never the whole of it in memory: each
+        range is written to disk as it arrives; `store.prepare` checks the file's checksum.
+        """
+        chunk = self._settings.bus.artifact_chunk_bytes
+        root = store.serving_root(self._settings)
+        root.mkdir(parents=True, exist_ok=True)
+        target = root / f".download-{release.model}-{release.version}-{uuid.uuid4().hex}.tar.gz"
+        try:
+            with open(target, "wb") as out:
+                offset = 0
+                while offset < release.size or offset == 0:
+                    body = {"model": release.model, "version": release.version, "offset": offset, "length": chunk}
+                    request = Message(type=contracts.REGISTRY_ARTIFACT, body=body, correlation_id=correlation_id)
+                    reply = await self._bus.request(contracts.REGISTRY, request,
+                                                    timeout=self._settings.serving.catch_up_timeout_s)
+                    if not isinstance(reply.body, bytes):
+                        raise ArtifactRejected("the registry answered an artifact request without bytes")
+                    if not reply.body:
+                        break  # past the end (a registry that knows a shorter file than announced)
+                    await asyncio.to_thread(out.write, reply.body)
+                    offset += len(reply.body)
+                    if "offset" not in reply.headers:
+                        break  # a registry that answers with the whole artifact at once
+            return target
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
 
     async def _rejected(self, model: object, version: object, sha256: object, exc: ArtifactRejected,
                         correlation_id: str | None, task_id: str | None = None) -> None:

@@ -78,7 +78,19 @@ def verify(data: bytes, *, sha256: str, max_bytes: int) -> None:
                                details={"expected": sha256, "actual": actual})
 
 
-def extract(data: bytes, into: Path, *, max_member_bytes: int) -> None:
+def verify_file(path: Path, *, sha256: str, max_bytes: int) -> None:
+    """`verify` for an archive on disk, read in chunks."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ArtifactRejected(f"artifact is {size} bytes, over the {max_bytes}-byte limit",
+                               details={"size": size, "limit": max_bytes})
+    actual = artifacts.file_digest(path)[1]
+    if actual != sha256:
+        raise ArtifactRejected("artifact sha256 does not match the published checksum",
+                               details={"expected": sha256, "actual": actual})
+
+
+def extract(data: bytes | Path, into: Path, *, max_member_bytes: int) -> None:
     """Extract exactly the artifact's two regular files into the empty directory `into`.
 
     Streams the archive (`r|gz`) through a cap on decompressed bytes so a gzip bomb stops
@@ -87,8 +99,8 @@ def extract(data: bytes, into: Path, *, max_member_bytes: int) -> None:
     limit = len(artifacts.MEMBERS) * max_member_bytes + _TAR_OVERHEAD
     seen: set[str] = set()
     try:
-        stream = _Capped(gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb"), limit)
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with (open(data, "rb") if isinstance(data, Path) else io.BytesIO(data)) as raw, \
+                tarfile.open(fileobj=_Capped(gzip.GzipFile(fileobj=raw, mode="rb"), limit), mode="r|") as tar:
             for member in tar:
                 name = _check_member(member, seen, max_member_bytes)
                 source = tar.extractfile(member)
@@ -106,7 +118,7 @@ def extract(data: bytes, into: Path, *, max_member_bytes: int) -> None:
 
 
 def prepare(
-    data: bytes,
+    data: bytes | Path,
     *,
     name: str,
     version: int,
@@ -115,11 +127,17 @@ def prepare(
     settings: Settings,
     factory: PredictorFactory,
 ) -> Prepared:
-    """Verify, extract, load (Keras safe mode), wrap and warm up; blocking, run it in a thread."""
+    """Verify, extract, load (Keras safe mode), wrap and warm up; blocking, run it in a thread.
+
+    `data`: the archive's bytes (a small, inline artifact) or the file it was streamed to.
+    """
     serving = settings.serving
     timings: dict[str, float] = {}
     lap = _Lap(timings)
-    verify(data, sha256=sha256, max_bytes=serving.max_artifact_bytes)
+    if isinstance(data, Path):
+        verify_file(data, sha256=sha256, max_bytes=serving.max_artifact_bytes)
+    else:
+        verify(data, sha256=sha256, max_bytes=serving.max_artifact_bytes)
     directory = serving_root(settings) / f"{check_model_name(name)}-{version}-{sha256[:12]}-{uuid.uuid4().hex}"
     try:
         directory.mkdir(parents=True, mode=0o700)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import tempfile
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +79,8 @@ class _Run:
 
 @dataclass(frozen=True, slots=True)
 class _Packaged:
-    archive: bytes
+    path: Path  # the archive, on disk: a large one is sent in chunks, never read whole
+    size: int
     sha256: str
     metadata: dict[str, Any]
 
@@ -175,6 +178,17 @@ class TrainingModule(Module):
             run.over.set()
 
     async def _train(self, task_id: str, cid: str, body: dict[str, Any], attempt: int, stop: threading.Event) -> None:
+        # The model and its archive are written under the data dir (a volume), not /tmp (often a tmpfs).
+        workdir = self._settings.data_dir / "training"
+        workdir.mkdir(parents=True, exist_ok=True)
+        outdir = Path(tempfile.mkdtemp(prefix="skipper-train-", dir=workdir))
+        try:
+            await self._train_in(task_id, cid, body, attempt, stop, outdir)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, outdir, True)
+
+    async def _train_in(self, task_id: str, cid: str, body: dict[str, Any], attempt: int, stop: threading.Event,
+                        outdir: Path) -> None:
         extra = {"correlation_id": cid}
         loop = asyncio.get_running_loop()
         started = time.monotonic()
@@ -191,7 +205,7 @@ class TrainingModule(Module):
             )
             log.info("training task %s (workflow %s, attempt %d)", task_id, workflow_name, attempt + 1, extra=extra)
             packaged = await loop.run_in_executor(
-                self._executor, self._run, loop, task_id, cid, workflow_name, workflow, params, stop
+                self._executor, self._run, loop, task_id, cid, workflow_name, workflow, params, stop, outdir
             )
         except SkipperError as exc:  # deterministic: report once, never retry
             self._observe(body, "failed", started)
@@ -217,10 +231,7 @@ class TrainingModule(Module):
             "sha256": packaged.sha256,
             "metadata": packaged.metadata,
         }
-        await self._bus.send(
-            contracts.REGISTRY,
-            Message(type=contracts.MODEL_ARTIFACT, body=packaged.archive, headers=headers, correlation_id=cid),
-        )
+        await self._deliver(packaged, headers, cid)
         duration = round(time.monotonic() - started, 3)
         self._observe(body, "succeeded", started)
         log.info(
@@ -229,7 +240,7 @@ class TrainingModule(Module):
             workflow.model,
             duration,
             packaged.metadata["metrics"],
-            len(packaged.archive),
+            packaged.size,
             packaged.sha256,
             extra=extra,
         )
@@ -239,7 +250,7 @@ class TrainingModule(Module):
             correlation_id=cid,
             model=workflow.model,
             sha256=packaged.sha256,
-            bytes=len(packaged.archive),
+            bytes=packaged.size,
             metrics=packaged.metadata["metrics"],
             duration_s=duration,
         )
@@ -248,6 +259,31 @@ class TrainingModule(Module):
         name = body.get("workflow")
         workflow = name if isinstance(name, str) and name in self._settings.workflows else "_other"  # bounded labels
         TRAINING_SECONDS.labels(workflow, outcome).observe(time.monotonic() - started)
+
+    async def _deliver(self, packaged: _Packaged, headers: dict[str, Any], cid: str) -> None:
+        """Send the artifact to the registry: one message when small, else in chunks, each stored before the next.
+
+        Chunks go as requests, so the registry has written one before the next leaves (never more
+        than one chunk in memory here, none queued on the broker); the final `model.artifact`
+        names the upload, and the registry checks size and checksum before registering it.
+        """
+        if packaged.size <= self._settings.bus.inline_artifact_max_bytes:
+            data = await asyncio.to_thread(packaged.path.read_bytes)
+            await self._bus.send(contracts.REGISTRY, Message(type=contracts.MODEL_ARTIFACT, body=data, headers=headers,
+                                                             correlation_id=cid))
+            return
+        upload = uuid.uuid4().hex
+        chunk_bytes = self._settings.bus.artifact_chunk_bytes
+        with open(packaged.path, "rb") as archive:
+            offset = 0
+            while chunk := await asyncio.to_thread(archive.read, chunk_bytes):
+                piece = Message(type=contracts.MODEL_ARTIFACT_CHUNK, body=chunk, correlation_id=cid,
+                                headers={"model": headers["model"], "upload": upload, "offset": offset})
+                await self._bus.request(contracts.REGISTRY, piece, timeout=self._settings.bus.request_timeout_s)
+                offset += len(chunk)
+        await self._bus.send(contracts.REGISTRY, Message(
+            type=contracts.MODEL_ARTIFACT, body={"upload": upload, "size": packaged.size}, headers=headers,
+            correlation_id=cid))
 
     def _resolve(self, body: dict[str, Any]) -> tuple[str, Workflow, TrainParams]:
         name = body.get("workflow")
@@ -286,6 +322,7 @@ class TrainingModule(Module):
         workflow: Workflow,
         params: TrainParams,
         stop: threading.Event,
+        outdir: Path,
     ) -> _Packaged | None:
         """Train and package (blocking). None when the task was cancelled."""
         trainer = resolve_trainer(workflow.trainer)
@@ -305,41 +342,43 @@ class TrainingModule(Module):
                     future.cancel()
                 log.warning("could not report progress of task %s", task_id, exc_info=True, extra={"correlation_id": cid})
 
-        with tempfile.TemporaryDirectory(prefix="skipper-train-") as tmp:
-            model_path = Path(tmp) / artifacts.MODEL_FILE
-            job = TrainJob(
-                task_id=task_id,
-                workflow_name=workflow_name,
-                workflow=workflow,
-                params=params,
-                data_dir=self._settings.data_dir,
-                model_path=model_path,
-                report_epoch=report_epoch,
-                stop_requested=deadline.stop_condition(stop.is_set),
-                correlation_id=cid,
-                limits=limits,
-            )
-            result = trainer(job)
-            if not stop.is_set():
-                deadline.check()
-            if result.cancelled or stop.is_set():
-                return None
-            if not model_path.is_file():
-                raise RuntimeError(f"trainer {workflow.trainer} returned without saving the model to {model_path}")
-            metadata = packaging.build_metadata(
-                name=workflow.model,
-                workflow=workflow_name,
-                kind=workflow.kind,
-                features=result.features,
-                targets=result.targets,
-                classes=result.classes,
-                metrics=result.metrics,
-                params=params.model_dump(mode="json"),
-                task_id=task_id,
-                parameters=result.parameters,
-            )
-            archive, sha256, metadata = packaging.package(model_path, metadata)
-        return _Packaged(archive, sha256, metadata)
+        # The caller owns `outdir` and removes it.
+        model_path = outdir / artifacts.MODEL_FILE
+        job = TrainJob(
+            task_id=task_id,
+            workflow_name=workflow_name,
+            workflow=workflow,
+            params=params,
+            data_dir=self._settings.data_dir,
+            model_path=model_path,
+            report_epoch=report_epoch,
+            stop_requested=deadline.stop_condition(stop.is_set),
+            correlation_id=cid,
+            limits=limits,
+        )
+        result = trainer(job)
+        if not stop.is_set():
+            deadline.check()
+        if result.cancelled or stop.is_set():
+            return None
+        if not model_path.is_file():
+            raise RuntimeError(f"trainer {workflow.trainer} returned without saving the model to {model_path}")
+        metadata = packaging.build_metadata(
+            name=workflow.model,
+            workflow=workflow_name,
+            kind=workflow.kind,
+            features=result.features,
+            targets=result.targets,
+            classes=result.classes,
+            metrics=result.metrics,
+            params=params.model_dump(mode="json"),
+            task_id=task_id,
+            parameters=result.parameters,
+        )
+        archive = outdir / "artifact.tar.gz"
+        size, sha256, metadata = packaging.package_file(model_path, metadata, archive)
+        model_path.unlink()  # only the archive is needed from here on
+        return _Packaged(archive, size, sha256, metadata)
 
     async def _progress(self, task_id: str, cid: str, report: EpochReport) -> None:
         body = {

@@ -88,6 +88,32 @@ def build_metadata(
     }
 
 
+def package_file(model_path: Path, metadata: dict[str, Any], archive: Path) -> tuple[int, str, dict[str, Any]]:
+    """Archive the saved model and its metadata into the file `archive`, streaming: (size, sha256 hex, metadata).
+
+    The same bytes as `package` gives, written through a file rather than held in memory, so a
+    model of hundreds of megabytes costs the trainer one read buffer, not two copies of itself.
+    """
+    metadata = {**metadata, "model_bytes": model_path.stat().st_size}
+    meta_bytes = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False).encode("utf-8")
+    with open(archive, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tar:
+        with open(model_path, "rb") as model:
+            tar.addfile(_member(artifacts.MODEL_FILE, metadata["model_bytes"]), model)
+        tar.addfile(_member(artifacts.METADATA_FILE, len(meta_bytes)), io.BytesIO(meta_bytes))
+    size, sha256 = artifacts.file_digest(archive)
+    return size, sha256, metadata
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    info.mtime = 0
+    info.type = tarfile.REGTYPE
+    return info
+
+
 def package(model_path: Path, metadata: dict[str, Any]) -> tuple[bytes, str, dict[str, Any]]:
     """Archive the saved model and its metadata: (archive bytes, sha256 hex, metadata).
 
@@ -101,11 +127,6 @@ def package(model_path: Path, metadata: dict[str, Any]) -> tuple[bytes, str, dic
     # mtime=0 and fixed tar headers: the archive's bytes depend on the members' bytes only.
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         for member, data in ((artifacts.MODEL_FILE, model_bytes), (artifacts.METADATA_FILE, meta_bytes)):
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = 0
-            info.type = tarfile.REGTYPE
-            tar.addfile(info, io.BytesIO(data))
+            tar.addfile(_member(member, len(data)), io.BytesIO(data))
     archive = buf.getvalue()
     return archive, artifacts.sha256_of(archive), metadata
