@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from skipper.app.runtime import Runtime
 from skipper.core.apikeys import append_entry, hash_key, new_key
 from skipper.core.auth import build_guard, configured_keys
 from skipper.core.errors import ConfigError
-from skipper.core.runtime import Runtime
 from skipper.core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]

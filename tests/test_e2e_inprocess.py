@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from skipper.core.runtime import Runtime
+from skipper.app.runtime import Runtime
 from tests.apphelpers import running_skipper, wait_for_task
 
 pytestmark = pytest.mark.tensorflow

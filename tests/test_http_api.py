@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from skipper.app.runtime import Runtime
 from skipper.core import contracts
 from skipper.core.errors import Unavailable
 from skipper.core.messages import Message
-from skipper.core.runtime import Runtime
 from tests.apphelpers import running_skipper
 
 DIABETES_FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]

@@ -18,10 +18,10 @@ import httpx
 import pytest
 import uvicorn
 
+from skipper.app.runtime import Runtime
 from skipper.core import contracts
 from skipper.core.httpserver import JsonErrorHttpToolsProtocol
 from skipper.core.messages import Message
-from skipper.core.runtime import Runtime
 from skipper.core.settings import load_settings
 from tests.apphelpers import bearer, scoped_keys
 from tests.processes import free_port, postgres_schema

@@ -14,13 +14,13 @@ import httpx
 import numpy as np
 import pytest
 
+from skipper.app.container import bus_options
+from skipper.app.runtime import Runtime
 from skipper.core import contracts
-from skipper.core.container import bus_options
 from skipper.core.errors import LimitExceeded, Overloaded
 from skipper.core.events import EventEmitter
 from skipper.core.limits import dense_parameters
 from skipper.core.messages import Message
-from skipper.core.runtime import Runtime
 from skipper.core.settings import Limits, TrainParams, load_settings
 from skipper.modules.serving.batching import Batcher
 from skipper.modules.training import TrainingModule

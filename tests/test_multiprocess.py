@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from skipper.app.container import bus_options
 from skipper.core import contracts
-from skipper.core.container import bus_options
 from skipper.core.messages import Message
 from skipper.core.settings import load_settings
 from skipper.transports import build_transport

@@ -19,12 +19,12 @@ from hypothesis import settings as hypothesis_settings
 from openapi_spec_validator import validate
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from skipper.app.runtime import Runtime
 from skipper.core import contracts
 from skipper.core.bus import Transport
 from skipper.core.docs import ASSETS, SERVED
 from skipper.core.messages import Message
 from skipper.core.module import Module
-from skipper.core.runtime import Runtime
 from skipper.core.settings import load_settings
 from tests.apphelpers import running_skipper, scoped_keys
 

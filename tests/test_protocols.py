@@ -18,12 +18,12 @@ from typing import Any
 import httpx
 import pytest
 
+from skipper.app.runtime import Runtime
 from skipper.core import contracts
 from skipper.core.bus import Transport
 from skipper.core.errors import ModelNotReady
 from skipper.core.messages import Message
 from skipper.core.module import Module
-from skipper.core.runtime import Runtime
 from skipper.core.settings import load_settings
 
 BASE = "/api/v1/skipper"

@@ -20,7 +20,7 @@ def test_the_api_role_starts_and_serves_without_importing_tensorflow(tmp_path: P
         """
         import asyncio, sys
         import httpx
-        from skipper.core.runtime import Runtime
+        from skipper.app.runtime import Runtime
         from skipper.core.settings import load_settings
 
         async def main():

@@ -20,9 +20,9 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from skipper.app.runtime import Runtime
 from skipper.core.module import Module
 from skipper.core.routing import STRING_ERRORS, Call, Endpoint, RouteGroup
-from skipper.core.runtime import Runtime
 from skipper.core.settings import load_settings
 from tests.apphelpers import SCOPES, bearer, scoped_keys
 

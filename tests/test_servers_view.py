@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 
+from skipper.app.runtime import Runtime
 from skipper.core import contracts, signing
 from skipper.core.messages import Message
-from skipper.core.runtime import Runtime
 from skipper.modules.serving.presence import Presence
 from tests.apphelpers import running_skipper
 

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from skipper.app.runtime import Runtime
 from skipper.core import contracts, signing
 from skipper.core.errors import ArtifactRejected
 from skipper.core.messages import Message
-from skipper.core.runtime import Runtime
 from skipper.core.settings import load_settings
 from skipper.modules.api.artifacts import ArtifactStore
 from tests.apphelpers import running_skipper

@@ -32,7 +32,7 @@ from skipper.core.metrics import TRAINING_BUCKETS
 from skipper.core.module import Module
 from skipper.core.settings import Settings, TrainingSettings, TrainParams, Workflow
 from skipper.modules.training import packaging
-from skipper.modules.training.jobs import Deadline, EpochReport, TrainJob, resolve_trainer
+from skipper.modules.training.jobs import DEFAULT_TRAINER, Deadline, EpochReport, TrainJob, resolve_trainer
 
 log = logging.getLogger("skipper.training")
 TRAINING_SECONDS = Histogram("skipper_training_seconds", "Wall time of a training task, by workflow and outcome",
@@ -325,7 +325,8 @@ class TrainingModule(Module):
             if result.cancelled or stop.is_set():
                 return None
             if not model_path.is_file():
-                raise RuntimeError(f"trainer {workflow.trainer} returned without saving the model to {model_path}")
+                trainer_path = workflow.trainer or DEFAULT_TRAINER
+                raise RuntimeError(f"trainer {trainer_path} returned without saving the model to {model_path}")
             metadata = packaging.build_metadata(
                 name=workflow.model,
                 workflow=workflow_name,

@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from skipper.core.container import Container
+from skipper.app.container import Container
 from skipper.core.http import create_app
 from skipper.core.module import Module
 from skipper.core.roles import role_label
