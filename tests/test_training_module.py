@@ -144,7 +144,7 @@ async def test_a_claim_answered_with_no_proceed_trains_nothing(tmp_path: Path) -
 
         assert [m.type for m in h.registry.received] == [contracts.TASK_CLAIM]
         claim = h.registry.received[0]
-        assert claim.data == {"task_id": "task-1", "attempt": 0, "redelivered": False}
+        assert claim.data == {"task_id": "task-1", "attempt": 0}
         assert claim.correlation_id == "corr-task-1"
         assert "task.started" not in h.registry.event_kinds()
         assert h.module.readiness()["training"]["running"] == []
@@ -214,7 +214,6 @@ async def test_an_unexpected_trainer_error_is_retried_then_dead_lettered(tmp_pat
 
         claims = h.registry.of(contracts.TASK_CLAIM)
         assert [c.data["attempt"] for c in claims] == [0, 1, 2]
-        assert [c.data["redelivered"] for c in claims] == [False, True, True]
         assert not h.registry.of(contracts.TASK_FAILED)  # the api reports it from the dead letter
 
 

@@ -1,7 +1,4 @@
-"""Names of the queues, topics and message types the modules agree on.
-
-Modules share only these names and `Message`; none imports another module.
-"""
+"""Names of the queues, topics and message types the modules agree on (the wire-level names: never rename one)."""
 
 from __future__ import annotations
 
@@ -11,7 +8,6 @@ REGISTRY = "registry"  # trainer/server -> api: task lifecycle, artifacts, regis
 PREDICT = "predict"  # api -> server: prediction requests, one queue per model (see `predict_queue`)
 EVENTS = "events"  # every module -> logging module
 DEAD_LETTERS = "dead_letters"  # transports -> api: messages that exhausted their retries
-
 
 
 def predict_queue(model: str) -> str:
