@@ -191,7 +191,7 @@ async def test_a_full_batch_queue_sheds_new_requests_at_once() -> None:
 @pytest.fixture
 async def rabbitmq_api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     require_rabbitmq()
-    from tests.test_http_security import trained
+    from tests.modules.test_http_security import trained
 
     namespace = f"shed-{tmp_path.name[-12:]}"
     settings = load_settings(environ={}, overrides={

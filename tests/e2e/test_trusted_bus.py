@@ -107,7 +107,7 @@ async def role(settings_overrides: dict[str, Any], roles: frozenset[str]) -> Asy
 @pytest.mark.tensorflow
 async def test_a_forged_announcement_is_refused_on_rabbitmq_while_the_old_version_serves(tmp_path: Path) -> None:
     require_rabbitmq()
-    from tests.test_serving_support import FEATURES, built, headers
+    from tests.modules.test_serving_support import FEATURES, built, headers
 
     v1, v2, forged = built(1), built(2), built(3)
     common = {"transport": "rabbitmq", "broker_url": RABBITMQ_URL, "namespace": f"sign-{tmp_path.name[-12:]}",

@@ -14,7 +14,7 @@ from dockerfile_parse import DockerfileParser
 
 from skipper.core.settings import load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
 SERVICES: dict[str, Any] = COMPOSE["services"]
 ROLES = {"api": "api", "trainer": "trainer", "server": "server"}

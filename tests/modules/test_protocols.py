@@ -4,7 +4,7 @@ Serving (`/v1/models`) over the real api module on the memory transport.
 A small module plays the serving role on the bus the way servers do it (one version held per model,
 `predict.status`, version-pinned requests), so these run without TensorFlow. Each protocol's answers
 are compared with the native route's for the same rows. Real clients against real servers:
-tests/test_protocols_live.py.
+tests/e2e/test_protocols_live.py.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from skipper.core.apikeys import new_key
 from skipper.core.db import Database
 from tests.processes import free_port, postgres_schema
 from tests.services import RABBITMQ_URL, require_postgres, require_rabbitmq
-from tests.test_deploy_manifests import (
+from tests.unit.test_deploy_manifests import (
     API_BASE,
     named_port,
     one,
@@ -51,7 +51,7 @@ from tests.test_deploy_manifests import (
 
 pytestmark = pytest.mark.multiprocess
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("api", "trainer", "server")  # start order: a server catches up from the api's registry
 ADMIN_KEY, ADMIN_ENTRY = new_key("deploy-roles-test", ["admin"])
 AUTH = {"authorization": f"Bearer {ADMIN_KEY}"}

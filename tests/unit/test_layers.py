@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SKIPPER = Path(__file__).resolve().parents[1] / "skipper"
+SKIPPER = Path(__file__).resolve().parents[2] / "skipper"
 
 
 def named_packages(path: Path) -> set[str]:

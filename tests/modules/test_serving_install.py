@@ -19,7 +19,7 @@ from skipper.modules.serving import ServingModule
 from skipper.modules.serving.module import Release
 from skipper.transports.memory import MemoryTransport
 from tests.conftest import eventually
-from tests.test_serving_support import N_FEATURES, Built, EventLog, built, good_members, headers, settings, tar_gz
+from tests.modules.test_serving_support import N_FEATURES, Built, EventLog, built, good_members, headers, settings, tar_gz
 
 pytestmark = pytest.mark.tensorflow
 

@@ -24,7 +24,7 @@ from tests.services import CI
 pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "dashboard"
+SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 PAGE_BUDGET = 150_000  # bytes a page may weigh: its HTML, scripts and styles
 
 

@@ -21,7 +21,7 @@ from skipper.core.messages import Message
 from skipper.modules.serving import ServingModule
 from skipper.transports.memory import MemoryTransport
 from tests.conftest import eventually
-from tests.test_serving_support import (
+from tests.modules.test_serving_support import (
     N_FEATURES,
     CountingPredictor,
     EventLog,
@@ -274,7 +274,7 @@ async def test_a_tampered_announcement_is_refused_and_reported(make: Make) -> No
 async def test_concurrent_requests_are_micro_batched_and_each_gets_exactly_its_own_predictions(make: Make) -> None:
     # Given a server whose predictor records every model call
     workflow = {"model": "diabetes", "kind": "regression", "dataset": {"source": "sklearn", "name": "diabetes"},
-                "predictor": "tests.test_serving_support:CountingPredictor"}
+                "predictor": "tests.modules.test_serving_support:CountingPredictor"}
     harness = await serving(make, workflows={"diabetes": workflow})
     CountingPredictor.batch_sizes.clear()
     # When 64 clients ask at once, each with its own rows

@@ -19,7 +19,7 @@ from skipper.core.module import Module
 from skipper.modules.serving.batching import Batcher
 from tests.apphelpers import running_skipper, wait_for_task
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docs" / "grafana" / "skipper-dashboard.json"
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 

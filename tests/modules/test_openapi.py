@@ -29,7 +29,7 @@ from skipper.core.settings import load_settings
 from tests.apphelpers import running_skipper, scoped_keys
 
 BASE = "/api/v1/skipper"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 # Not ready: a readiness body, not an error.
 NOT_READY = {(f"{BASE}/ready", "503"), ("/v2/health/ready", "503"), ("/v2/models/{model}/ready", "503"),
@@ -145,7 +145,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     shutdown_lifespans()  # stops the runtime schemathesis started
 
 
-# The event streams are endless by design (a task's ends with the task): tests/test_event_stream.py covers them.
+# The event streams are endless by design (a task's ends with the task): tests/modules/test_event_stream.py covers them.
 schema = schemathesis.pytest.from_fixture("api_schema").exclude(path_regex=r"/stream$")
 
 

@@ -17,7 +17,7 @@ from skipper.core.auth import build_guard, configured_keys
 from skipper.core.errors import ConfigError
 from skipper.core.settings import load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_skipper(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,7 @@ from tests.processes import ROW, eventually, free_port, http
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ["pyproject.toml", "setup.py", "README.md", "config", "skipper"]  # what the Dockerfile's builder copies
 
 

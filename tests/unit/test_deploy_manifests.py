@@ -25,7 +25,7 @@ from skipper.core.settings import load_settings
 from skipper.modules.serving.memory import Footprint, MemoryGuard
 from tests.services import CI
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 TARGETS = {"base": K8S / "base", "dev": K8S / "overlays" / "dev", "prod": K8S / "overlays" / "prod"}
 SECRET_EXAMPLE = K8S / "base" / "secret.example.env"
@@ -44,7 +44,7 @@ Obj = dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------------
-# rendering and lookups (also used by tests/test_deploy_roles.py)
+# rendering and lookups (also used by tests/e2e/test_deploy_roles.py)
 # --------------------------------------------------------------------------------------------
 def kubectl() -> str:
     path = shutil.which("kubectl")

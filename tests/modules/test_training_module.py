@@ -205,7 +205,7 @@ async def test_an_unexpected_trainer_error_is_retried_then_dead_lettered(tmp_pat
             "model": "buggy",
             "kind": "regression",
             "dataset": {"source": "sklearn", "name": "diabetes"},
-            "trainer": "tests.test_training_module:exploding_trainer",
+            "trainer": "tests.modules.test_training_module:exploding_trainer",
         }
     }
     async with trainer(tmp_path, workflows) as h:
@@ -232,7 +232,7 @@ def gated_trainer(job: TrainJob) -> TrainResult:
 
 
 GATED = {"gated": {"model": "gated", "kind": "regression", "dataset": {"source": "sklearn", "name": "diabetes"},
-                   "trainer": "tests.test_training_module:gated_trainer"}}
+                   "trainer": "tests.modules.test_training_module:gated_trainer"}}
 
 
 def command(task_id: str, epochs: int) -> Message:
