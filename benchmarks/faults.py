@@ -6,7 +6,7 @@ are left alone); PostgreSQL faults end only this deployment's sessions (by `appl
 Each scenario runs under prediction load from wrk (16 connections) plus a Python probe that
 records every request (when it failed, how, when predictions succeeded again), with small
 trainings submitted every few seconds. The scenarios' code is shared with the tests
-(`tests/faultkit.py`, `tests/test_fault_scenarios.py`).
+(`tests/faultkit.py`, `tests/e2e/test_fault_scenarios.py`).
 
     python benchmarks/faults.py                       # every scenario, about 10 minutes
     python benchmarks/faults.py --only close,outage   # some of them

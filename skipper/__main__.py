@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     # Imports after argument parsing so `--help` is instant.
     import uvicorn
 
+    from skipper.app.runtime import Runtime
     from skipper.core.httpserver import JsonErrorHttpToolsProtocol
     from skipper.core.logs import configure_logging
     from skipper.core.roles import parse_roles, role_label
-    from skipper.core.runtime import Runtime
     from skipper.core.settings import load_settings
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from skipper.core.runtime import Runtime
+from skipper.app.runtime import Runtime
 from skipper.core.settings import load_settings
 
 BASE = "/api/v1/skipper"

@@ -11,7 +11,7 @@ from typing import Any
 
 import uvicorn
 
-from skipper.core.runtime import Runtime
+from skipper.app.runtime import Runtime
 from skipper.core.settings import load_settings
 from tests.processes import free_port
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from skipper.core import contracts
 from skipper.core.bus import Transport
-from skipper.core.messages import Message
+from skipper.core.contracts import Event, EventKind
 
 log = logging.getLogger("skipper.events")
 
@@ -21,12 +21,11 @@ class EventEmitter:
         self._source = source
 
     async def emit(
-        self, kind: str, *, correlation_id: str | None = None, task_id: str | None = None, **fields: Any
+        self, kind: EventKind, *, correlation_id: str | None = None, task_id: str | None = None, **fields: Any
     ) -> None:
-        """Record that `kind` (e.g. `task.started`) happened; fields must be JSON-able."""
-        body = {"kind": kind, "source": self._source, "task_id": task_id, "at": time.time(), "fields": fields}
+        """Record that `kind` (e.g. `EventKind.TASK_STARTED`) happened; fields must be JSON-able."""
+        event = Event(kind, self._source, task_id, time.time(), fields)
         try:
-            msg = Message(type=contracts.EVENT, body=body, correlation_id=correlation_id)
-            await self._bus.send(contracts.EVENTS, msg)
+            await self._bus.send(contracts.EVENTS, event.message(correlation_id=correlation_id))
         except Exception:  # an unreachable log sink must not fail training or serving
             log.warning("could not emit event %s", kind, exc_info=True, extra={"correlation_id": correlation_id})

@@ -91,7 +91,7 @@ class ServingSettings(_Section):
     max_queued_rows: int = Field(8192, ge=1)  # per model; past it predictions are shed with 503 + Retry-After
     resync_s: float = Field(30.0, gt=0)  # how often a server re-checks the registry's production versions
     announce_s: float = Field(5.0, gt=0)  # how often a server announces itself; silent for 3 periods: gone
-    # The memory guard (see skipper/modules/serving/memory.py): models held plus the one loading
+    # The memory guard (see the serving module's memory.py): models held plus the one loading
     # must fit the budget; unset, it is the memory limit (given, else the cgroup's) minus headroom.
     memory_budget_mb: float | None = Field(None, gt=0)
     memory_limit_mb: float | None = Field(None, gt=0)
@@ -184,8 +184,10 @@ class Workflow(_Section):
     kind: Literal["regression", "classification"]
     dataset: DatasetSpec
     params: TrainParams = Field(default_factory=TrainParams)
-    trainer: str = "skipper.modules.training.keras_trainer:train"
-    predictor: str = "skipper.modules.serving.predictor:KerasPredictor"
+    # `package.module:name` of a trainer function and a predictor class; unset, the training and
+    # serving modules use their built-in Keras ones (core names no module).
+    trainer: str | None = None
+    predictor: str | None = None
     limits: WorkflowLimits = Field(default_factory=WorkflowLimits)
 
 

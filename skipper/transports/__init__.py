@@ -8,10 +8,10 @@
 from __future__ import annotations
 
 import difflib
-import importlib
 from typing import TYPE_CHECKING
 
 from skipper.core.errors import ConfigError
+from skipper.core.imports import resolve
 
 if TYPE_CHECKING:
     from skipper.core.bus import BusOptions, Transport
@@ -42,8 +42,7 @@ def canonical_name(name: str) -> str:
 
 def resolve_transport(name: str) -> type[Transport]:
     """The transport class registered as `name` (or an alias), imported on first use."""
-    module_name, _, attr = TRANSPORTS[canonical_name(name)].partition(":")
-    cls: type[Transport] = getattr(importlib.import_module(module_name), attr)
+    cls: type[Transport] = resolve(TRANSPORTS[canonical_name(name)], what="transport")
     return cls
 
 

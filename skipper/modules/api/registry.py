@@ -9,6 +9,7 @@ from typing import Any
 from skipper.core import contracts, signing
 from skipper.core.artifacts import sha256_of
 from skipper.core.bus import Transport
+from skipper.core.contracts import ClaimReply, EventKind, ModelAnnouncement, TaskCancelAck, TaskClaim, TaskFailed, TaskProgress
 from skipper.core.errors import ArtifactRejected, ValidationFailed
 from skipper.core.events import EventEmitter
 from skipper.core.messages import Message
@@ -60,37 +61,35 @@ class RegistryService:
         """
         headers = signing.sign(self._settings.bus.signing_key,
                                version.announcement() | ({"task_id": task_id} if task_id else {}))
-        body: dict[str, Any] | bytes = {"ref": True}
-        if version.size <= self._inline_max:
-            body = await asyncio.to_thread(self._store.read, version.path)
-        await self._bus.publish(contracts.MODEL_PUBLISHED, Message(
-            type=contracts.MODEL_PUBLISHED, body=body, headers=headers, correlation_id=correlation_id))
-        await self._events.emit("model.published", correlation_id=correlation_id, task_id=version.task_id,
+        inline = version.size <= self._inline_max
+        announcement = ModelAnnouncement(await asyncio.to_thread(self._store.read, version.path) if inline else None)
+        await self._bus.publish(contracts.MODEL_PUBLISHED,
+                                announcement.message(correlation_id=correlation_id, headers=headers))
+        await self._events.emit(EventKind.MODEL_PUBLISHED, correlation_id=correlation_id, task_id=version.task_id,
                                 model=version.model, version=version.version, sha256=version.sha256, seq=version.seq)
 
     # --- task lifecycle -------------------------------------------------------------------
 
     async def _claim(self, msg: Message) -> Message:
-        task_id = msg.data["task_id"]
-        proceed = await asyncio.to_thread(self._tasks.claim, task_id)
-        if proceed and msg.data.get("attempt", 0) > 0:
-            await self._events.emit("task.retried", task_id=task_id, correlation_id=msg.correlation_id,
-                                    attempt=msg.data.get("attempt"))
-        return msg.reply({"proceed": proceed})
+        claim = TaskClaim.from_body(msg.body)
+        proceed = await asyncio.to_thread(self._tasks.claim, claim.task_id)
+        if proceed and claim.attempt > 0:
+            await self._events.emit(EventKind.TASK_RETRIED, task_id=claim.task_id, correlation_id=msg.correlation_id,
+                                    attempt=claim.attempt)
+        return msg.reply(ClaimReply(proceed).to_body())
 
     async def _progress(self, msg: Message) -> None:
-        data = msg.data
-        progress = {k: data[k] for k in ("epoch", "epochs", "loss", "metrics") if k in data}
-        await asyncio.to_thread(self._tasks.progress, data["task_id"], progress)
+        progress = TaskProgress.from_body(msg.body)
+        await asyncio.to_thread(self._tasks.progress, progress.task_id, progress.progress())
 
     async def _failed(self, msg: Message) -> None:
-        task_id = msg.data["task_id"]
-        if await asyncio.to_thread(self._tasks.finish, task_id, "failed", error=msg.data.get("error")):
-            await self._events.emit("task.failed", task_id=task_id, correlation_id=msg.correlation_id,
-                                    error=msg.data.get("error"))
+        failed = TaskFailed.from_body(msg.body)
+        if await asyncio.to_thread(self._tasks.finish, failed.task_id, "failed", error=failed.error):
+            await self._events.emit(EventKind.TASK_FAILED, task_id=failed.task_id, correlation_id=msg.correlation_id,
+                                    error=failed.error)
 
     async def _cancel_ack(self, msg: Message) -> None:
-        await self._events.emit("task.cancel_acknowledged", task_id=msg.data["task_id"],
+        await self._events.emit(EventKind.TASK_CANCEL_ACKNOWLEDGED, task_id=TaskCancelAck.from_body(msg.body).task_id,
                                 correlation_id=msg.correlation_id)
 
     async def _dead_letter(self, msg: Message) -> None:
@@ -98,14 +97,14 @@ class RegistryService:
         body = report.get("body") or {}
         task_id = body.get("task_id") if isinstance(body, dict) else None
         task_id = task_id or (report.get("headers") or {}).get("task_id")
-        await self._events.emit("message.dead_lettered", task_id=task_id, correlation_id=msg.correlation_id,
+        await self._events.emit(EventKind.MESSAGE_DEAD_LETTERED, task_id=task_id, correlation_id=msg.correlation_id,
                                 queue=report.get("queue"), message_type=report.get("message_type"),
                                 attempts=report.get("attempts"), error=report.get("error"))
         if task_id and report.get("queue") in (contracts.TRAIN, contracts.REGISTRY):
             error = {"code": "dead_lettered", "message": f"gave up after {report.get('attempts')} attempts: "
                      f"{report.get('error')}", "details": {"queue": report.get("queue")}}
             if await asyncio.to_thread(self._tasks.finish, task_id, "failed", error=error):
-                await self._events.emit("task.failed", task_id=task_id, correlation_id=msg.correlation_id,
+                await self._events.emit(EventKind.TASK_FAILED, task_id=task_id, correlation_id=msg.correlation_id,
                                         error=error)
 
     # --- registry -------------------------------------------------------------------------
@@ -137,7 +136,7 @@ class RegistryService:
             error = ArtifactRejected(f"model {model!r} is not what workflow {task.workflow!r} produces",
                                      details={"model": model, "workflow": task.workflow}).to_payload()["error"]
             if await asyncio.to_thread(self._tasks.finish, task_id, "failed", error=error):
-                await self._events.emit("task.failed", task_id=task_id, correlation_id=msg.correlation_id, error=error)
+                await self._events.emit(EventKind.TASK_FAILED, task_id=task_id, correlation_id=msg.correlation_id, error=error)
             return
         if task.status in ("cancelled", "failed"):
             log.info("dropping artifact of %s task %s", task.status, task_id, extra={"correlation_id": msg.correlation_id})
@@ -151,7 +150,7 @@ class RegistryService:
                 path = await asyncio.to_thread(self._store.commit, model, str(upload), sha, size)
             except ArtifactRejected as exc:
                 if await asyncio.to_thread(self._tasks.finish, task_id, "failed", error=exc.to_payload()["error"]):
-                    await self._events.emit("task.failed", task_id=task_id, correlation_id=msg.correlation_id,
+                    await self._events.emit(EventKind.TASK_FAILED, task_id=task_id, correlation_id=msg.correlation_id,
                                             error=exc.to_payload()["error"])
                 return
         version, created = await asyncio.to_thread(
@@ -161,7 +160,7 @@ class RegistryService:
         result = {"model": model, "model_version": version.version, "metrics": version.metrics}
         finished = await asyncio.to_thread(self._tasks.finish, task_id, "succeeded", result=result)
         if created or finished:
-            await self._events.emit("task.succeeded", task_id=task_id, correlation_id=msg.correlation_id, **result)
+            await self._events.emit(EventKind.TASK_SUCCEEDED, task_id=task_id, correlation_id=msg.correlation_id, **result)
             await self.announce(version, msg.correlation_id, task_id=task_id)
 
     async def _production(self, msg: Message) -> Message:

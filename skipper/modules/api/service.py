@@ -17,6 +17,7 @@ from prometheus_client import Counter, Histogram
 
 from skipper.core import contracts
 from skipper.core.bus import Transport
+from skipper.core.contracts import EventKind, TaskCancelled, TrainCommand
 from skipper.core.errors import Conflict, ModelNotReady, NoConsumers, NotFound, SkipperError, TooManyRequests, Unavailable
 from skipper.core.events import EventEmitter
 from skipper.core.limits import check_train_limits
@@ -104,8 +105,7 @@ class ApiService:
                                   "retry later", details={"limit": limit, "retry_after_s": QUEUE_RETRY_AFTER_S})
         task_id = new_id()
         task = await asyncio.to_thread(self._tasks.create, task_id, workflow, params, correlation_id)
-        command = Message(type=contracts.TRAIN_COMMAND, body={"task_id": task_id, "workflow": workflow, "params": params},
-                          headers={"task_id": task_id}, correlation_id=correlation_id)
+        command = TrainCommand(task_id, workflow, params).message(correlation_id=correlation_id, headers={"task_id": task_id})
         try:
             await self._bus.send(contracts.TRAIN, command)
         except SkipperError as exc:
@@ -113,7 +113,7 @@ class ApiService:
             await asyncio.to_thread(self._tasks.finish, task_id, "failed", error=error)
             raise Unavailable(f"training is unavailable: {exc.message}", details={"task_id": task_id}) from exc
         TRAIN_REQUESTS.labels(workflow).inc()
-        await self._events.emit("task.queued", task_id=task_id, correlation_id=correlation_id, workflow=workflow,
+        await self._events.emit(EventKind.TASK_QUEUED, task_id=task_id, correlation_id=correlation_id, workflow=workflow,
                                 params=params)
         return task
 
@@ -135,9 +135,8 @@ class ApiService:
         if not await asyncio.to_thread(self._tasks.finish, task_id, "cancelled", error=error):
             task = await asyncio.to_thread(self._tasks.get, task_id)
             raise Conflict(f"task {task_id} already {task.status}", details={"status": task.status})
-        await self._bus.publish(contracts.TASK_CANCELLED, Message(type=contracts.TASK_CANCELLED,
-                                                                  body={"task_id": task_id}, correlation_id=correlation_id))
-        await self._events.emit("task.cancelled", task_id=task_id, correlation_id=correlation_id)
+        await self._bus.publish(contracts.TASK_CANCELLED, TaskCancelled(task_id).message(correlation_id=correlation_id))
+        await self._events.emit(EventKind.TASK_CANCELLED, task_id=task_id, correlation_id=correlation_id)
         task = await asyncio.to_thread(self._tasks.get, task_id)
         await self._audit("cancel", actor, correlation_id, task=task.task_id, workflow=task.workflow)
         return task
@@ -269,4 +268,4 @@ class ApiService:
 
         Kept out of the task's own timeline (no `task_id` on the event; `task` among its fields).
         """
-        await self._events.emit("audit", correlation_id=correlation_id, action=action, key=actor, **fields)
+        await self._events.emit(EventKind.AUDIT, correlation_id=correlation_id, action=action, key=actor, **fields)

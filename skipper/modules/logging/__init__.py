@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from skipper.core import contracts
 from skipper.core.bus import Transport
+from skipper.core.contracts import Event
 from skipper.core.errors import ValidationFailed
 from skipper.core.messages import Message
 from skipper.core.module import Module
@@ -86,18 +87,16 @@ class LoggingModule(Module):
         await self.feed.stop()
 
     async def _on_event(self, msg: Message) -> None:
-        body = msg.data
-        kind = str(body.get("kind", "unknown"))
-        fields: dict[str, Any] = body.get("fields") or {}
-        at = dt.datetime.fromtimestamp(float(body.get("at") or msg.created_at), dt.UTC)
+        event = Event.from_body(msg.body)
+        at = dt.datetime.fromtimestamp(event.at or msg.created_at, dt.UTC)
         log.info(
-            kind,
-            extra={"event": kind, "source": body.get("source"), "task_id": body.get("task_id"),
-                   "correlation_id": msg.correlation_id, **{f"f_{k}": v for k, v in fields.items()}},
+            event.kind,
+            extra={"event": event.kind, "source": event.source, "task_id": event.task_id,
+                   "correlation_id": msg.correlation_id, **{f"f_{k}": v for k, v in event.fields.items()}},
         )
         await asyncio.to_thread(
-            self._events.add, kind=kind, source=str(body.get("source", "")), task_id=body.get("task_id"),
-            correlation_id=msg.correlation_id, fields=fields, at=at,
+            self._events.add, kind=event.kind, source=event.source, task_id=event.task_id,
+            correlation_id=msg.correlation_id, fields=event.fields, at=at,
         )
         self.feed.nudge()
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from skipper.core.contracts import INSTALL_KINDS, TERMINAL_KINDS
 from skipper.core.repositories import TERMINAL, EventRepository, TaskRepository
 
 log = logging.getLogger("skipper.events.stream")
@@ -31,9 +32,6 @@ log = logging.getLogger("skipper.events.stream")
 POLL_S = 0.2
 GAP_WAIT_S = 2.0
 PAGE = 500
-INSTALL_KINDS = frozenset({"model.installed", "model.rejected"})
-END_KINDS = {"succeeded": frozenset({"task.succeeded"}), "failed": frozenset({"task.failed"}),
-             "cancelled": frozenset({"task.cancelled"})}
 # A succeeded task's stream waits this long for a server to report installing its version (none may run).
 INSTALL_WAIT_S = 30.0
 
@@ -154,7 +152,7 @@ async def task_events(feed: EventFeed, events: EventRepository, tasks: TaskRepos
         task = await asyncio.to_thread(tasks.get, task_id)
         if task.status in TERMINAL:
             kinds = await asyncio.to_thread(events.kinds, task_id, upto=horizon)
-            told = bool(kinds & END_KINDS[task.status])
+            told = bool(kinds & TERMINAL_KINDS[task.status])
             settled = task.status != "succeeded" or bool(kinds & INSTALL_KINDS)
             # Long over without those events (no server runs, or an event was lost): over all the same.
             if (told and settled) or _age_s(task.finished_at) >= install_wait_s:

@@ -14,6 +14,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from skipper.core import contracts, signing
 from skipper.core.bus import Transport
+from skipper.core.contracts import EventKind, ModelAnnouncement
 from skipper.core.errors import ArtifactRejected, ModelNotReady, SkipperError, ValidationFailed
 from skipper.core.events import EventEmitter
 from skipper.core.messages import Message
@@ -152,7 +153,7 @@ class ServingModule(Module):
         except Exception as exc:
             log.exception("prediction with %s v%d failed", name, loaded.version,
                           extra={"correlation_id": msg.correlation_id})
-            await self._events.emit("predict.failed", correlation_id=msg.correlation_id, model=name,
+            await self._events.emit(EventKind.PREDICT_FAILED, correlation_id=msg.correlation_id, model=name,
                                     version=loaded.version, error=f"{type(exc).__name__}: {exc}")
             raise
         SERVED.labels(name).inc()
@@ -166,9 +167,7 @@ class ServingModule(Module):
         task_id = headers.get("task_id") if isinstance(headers.get("task_id"), str) else None  # a freshly trained version
         try:
             release = Release.parse(headers)
-            data = msg.body if isinstance(msg.body, bytes) else None
-            if data is None and msg.data.get("ref") is not True:
-                raise ArtifactRejected("announcement carries neither the artifact nor a reference to it")
+            data = ModelAnnouncement.from_body(msg.body).artifact
         except ArtifactRejected as exc:
             await self._rejected(headers.get("model"), headers.get("version"), headers.get("sha256"), exc,
                                  msg.correlation_id, task_id)
@@ -238,7 +237,7 @@ class ServingModule(Module):
         log.info("installed %s v%d (seq %d) in %.0f ms %s; full batch %.2f ms, run %s", release.model,
                  release.version, release.seq, took_ms, prepared.timings, prepared.batch_ms,
                  "inline" if inline else "in a thread", extra={"correlation_id": correlation_id})
-        await self._events.emit("model.installed", correlation_id=correlation_id, task_id=task_id, model=release.model,
+        await self._events.emit(EventKind.MODEL_INSTALLED, correlation_id=correlation_id, task_id=task_id, model=release.model,
                                  version=release.version, sha256=release.sha256, took_ms=took_ms)
         return True
 
@@ -319,7 +318,7 @@ class ServingModule(Module):
     async def _rejected(self, model: object, version: object, sha256: object, exc: ArtifactRejected,
                         correlation_id: str | None, task_id: str | None = None) -> None:
         log.error("rejected %s v%s: %s", model, version, exc.message, extra={"correlation_id": correlation_id})
-        await self._events.emit("model.rejected", correlation_id=correlation_id, task_id=task_id, model=str(model),
+        await self._events.emit(EventKind.MODEL_REJECTED, correlation_id=correlation_id, task_id=task_id, model=str(model),
                                 version=version if isinstance(version, int) else None,
                                 sha256=str(sha256), reason=exc.message)
 

@@ -8,14 +8,14 @@ only when a predictor is built, never when the serving package is imported.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from skipper.core.errors import ArtifactRejected
+from skipper.core.errors import ArtifactRejected, ConfigError
+from skipper.core.imports import resolve
 from skipper.core.settings import ServingSettings, Settings
 
 DEFAULT_PREDICTOR = "skipper.modules.serving.predictor:KerasPredictor"
@@ -50,18 +50,13 @@ def resolve_predictor(settings: Settings, model_name: str) -> PredictorFactory:
     path = DEFAULT_PREDICTOR
     for workflow in settings.workflows.values():
         if workflow.model == model_name:
-            path = workflow.predictor
+            path = workflow.predictor or DEFAULT_PREDICTOR
             break
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ArtifactRejected(f"predictor {path!r} is not of the form 'module:Class'")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ArtifactRejected(f"predictor {path!r} cannot be imported: {exc}") from exc
-    if not callable(factory):
-        raise ArtifactRejected(f"predictor {path!r} is not callable")
-    return factory  # type: ignore[no-any-return]
+        factory: PredictorFactory = resolve(path, what="predictor")
+    except ConfigError as exc:
+        raise ArtifactRejected(exc.message, details=exc.details) from exc
+    return factory
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,14 +10,14 @@ then fails the task with a `LimitExceeded` error, whatever the trainer returned.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from skipper.core.errors import ConfigError, LimitExceeded
+from skipper.core.errors import LimitExceeded
+from skipper.core.imports import resolve
 from skipper.core.settings import Limits, TrainParams, Workflow
 
 
@@ -60,6 +60,7 @@ class TrainResult:
 
 
 Trainer = Callable[[TrainJob], TrainResult]
+DEFAULT_TRAINER = "skipper.modules.training.keras_trainer:train"  # what a workflow naming no trainer uses
 
 
 class Deadline:
@@ -86,21 +87,10 @@ class Deadline:
             )
 
 
-def resolve_trainer(path: str) -> Trainer:
-    """The callable named `package.module:attribute`; a `ConfigError` naming it when it isn't there."""
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"trainer {path!r} must look like 'package.module:function'", details={"trainer": path})
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import trainer module {module_name!r}: {exc}", details={"trainer": path}) from None
-    target: Any = module
-    for part in attr.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            raise ConfigError(f"trainer {path!r} not found: {module_name} has no {attr!r}", details={"trainer": path})
-    if not callable(target):
-        raise ConfigError(f"trainer {path!r} is not callable", details={"trainer": path})
-    trainer: Trainer = target
+def resolve_trainer(path: str | None) -> Trainer:
+    """The callable named `package.module:attribute` (the built-in Keras trainer when None).
+
+    Raises `ConfigError` naming the path when it is malformed or names nothing callable.
+    """
+    trainer: Trainer = resolve(path or DEFAULT_TRAINER, what="trainer")
     return trainer

@@ -26,6 +26,16 @@ from pydantic import ValidationError
 
 from skipper.core import artifacts, contracts
 from skipper.core.bus import Transport
+from skipper.core.contracts import (
+    ClaimReply,
+    EventKind,
+    TaskCancelAck,
+    TaskCancelled,
+    TaskClaim,
+    TaskFailed,
+    TaskProgress,
+    TrainCommand,
+)
 from skipper.core.errors import NotFound, SkipperError, Unavailable, ValidationFailed
 from skipper.core.events import EventEmitter
 from skipper.core.limits import check_train_limits
@@ -34,7 +44,7 @@ from skipper.core.metrics import TRAINING_BUCKETS
 from skipper.core.module import Module
 from skipper.core.settings import Settings, TrainingSettings, TrainParams, Workflow
 from skipper.modules.training import packaging
-from skipper.modules.training.jobs import Deadline, EpochReport, TrainJob, resolve_trainer
+from skipper.modules.training.jobs import DEFAULT_TRAINER, Deadline, EpochReport, TrainJob, resolve_trainer
 
 log = logging.getLogger("skipper.training")
 TRAINING_SECONDS = Histogram("skipper_training_seconds", "Wall time of a training task, by workflow and outcome",
@@ -127,8 +137,11 @@ class TrainingModule(Module):
     # --- handlers -----------------------------------------------------------------------------
 
     async def _on_cancel(self, msg: Message) -> Message | None:
-        task_id = msg.data.get("task_id") if isinstance(msg.body, dict) else None
-        run = self._running.get(task_id) if isinstance(task_id, str) else None
+        try:
+            task_id = TaskCancelled.from_body(msg.body).task_id
+        except ValidationFailed:
+            return None
+        run = self._running.get(task_id)
         if run is not None:
             log.info("cancelling task %s", task_id, extra={"correlation_id": msg.correlation_id})
             run.stop.set()
@@ -160,13 +173,9 @@ class TrainingModule(Module):
         run = _Run()
         self._running[task_id] = run
         try:
-            claim = Message(
-                type=contracts.TASK_CLAIM,
-                body={"task_id": task_id, "attempt": msg.attempt, "redelivered": msg.attempt > 0},
-                correlation_id=cid,
-            )
+            claim = TaskClaim(task_id, msg.attempt).message(correlation_id=cid)
             reply = await self._bus.request(contracts.REGISTRY, claim, timeout=self._settings.bus.request_timeout_s)
-            if not reply.data.get("proceed"):
+            if not ClaimReply.from_body(reply.body).proceed:
                 log.info("task %s is not to run (cancelled or finished); skipping", task_id, extra=extra)
                 run.completed = True
                 return None
@@ -195,7 +204,7 @@ class TrainingModule(Module):
         try:
             workflow_name, workflow, params = self._resolve(body)
             await self._events.emit(
-                "task.started",
+                EventKind.TASK_STARTED,
                 task_id=task_id,
                 correlation_id=cid,
                 workflow=workflow_name,
@@ -218,11 +227,8 @@ class TrainingModule(Module):
                 raise Unavailable("the trainer stopped during the task; it will run again")
             log.info("task %s cancelled", task_id, extra=extra)
             self._observe(body, "cancelled", started)
-            await self._bus.send(
-                contracts.REGISTRY,
-                Message(type=contracts.TASK_CANCEL_ACK, body={"task_id": task_id}, correlation_id=cid),
-            )
-            await self._events.emit("task.cancelled", task_id=task_id, correlation_id=cid)
+            await self._bus.send(contracts.REGISTRY, TaskCancelAck(task_id).message(correlation_id=cid))
+            await self._events.emit(EventKind.TASK_CANCELLED, task_id=task_id, correlation_id=cid)
             return
 
         headers = {
@@ -245,7 +251,7 @@ class TrainingModule(Module):
             extra=extra,
         )
         await self._events.emit(
-            "task.trained",
+            EventKind.TASK_TRAINED,
             task_id=task_id,
             correlation_id=cid,
             model=workflow.model,
@@ -286,13 +292,11 @@ class TrainingModule(Module):
             correlation_id=cid))
 
     def _resolve(self, body: dict[str, Any]) -> tuple[str, Workflow, TrainParams]:
-        name = body.get("workflow")
-        workflow = self._settings.workflows.get(name) if isinstance(name, str) else None
-        if workflow is None or not isinstance(name, str):
+        command = TrainCommand.from_body(body)
+        name, given = command.workflow, command.params
+        workflow = self._settings.workflows.get(name)
+        if workflow is None:
             raise NotFound(f"unknown workflow {name!r}", details={"workflow": name})
-        given = body.get("params") or {}
-        if not isinstance(given, dict):
-            raise ValidationFailed("params must be an object", details={"params": given})
         try:
             # The api sends fully resolved params; merging onto the defaults also accepts a partial set.
             params = TrainParams.model_validate({**workflow.params.model_dump(), **given})
@@ -305,11 +309,8 @@ class TrainingModule(Module):
     async def _fail(self, task_id: str, cid: str, exc: SkipperError) -> None:
         error = exc.to_payload()["error"]
         log.warning("task %s failed: %s", task_id, exc.message, extra={"correlation_id": cid})
-        await self._bus.send(
-            contracts.REGISTRY,
-            Message(type=contracts.TASK_FAILED, body={"task_id": task_id, "error": error}, correlation_id=cid),
-        )
-        await self._events.emit("task.failed", task_id=task_id, correlation_id=cid, error=error)
+        await self._bus.send(contracts.REGISTRY, TaskFailed(task_id, error).message(correlation_id=cid))
+        await self._events.emit(EventKind.TASK_FAILED, task_id=task_id, correlation_id=cid, error=error)
 
     # --- the worker thread --------------------------------------------------------------------
 
@@ -362,7 +363,8 @@ class TrainingModule(Module):
         if result.cancelled or stop.is_set():
             return None
         if not model_path.is_file():
-            raise RuntimeError(f"trainer {workflow.trainer} returned without saving the model to {model_path}")
+            trainer_path = workflow.trainer or DEFAULT_TRAINER
+            raise RuntimeError(f"trainer {trainer_path} returned without saving the model to {model_path}")
         metadata = packaging.build_metadata(
             name=workflow.model,
             workflow=workflow_name,
@@ -381,16 +383,10 @@ class TrainingModule(Module):
         return _Packaged(archive, size, sha256, metadata)
 
     async def _progress(self, task_id: str, cid: str, report: EpochReport) -> None:
-        body = {
-            "task_id": task_id,
-            "epoch": report.epoch,
-            "epochs": report.epochs,
-            "loss": report.loss,
-            "metrics": dict(report.metrics),
-        }
-        await self._bus.send(contracts.REGISTRY, Message(type=contracts.TASK_PROGRESS, body=body, correlation_id=cid))
+        progress = TaskProgress(task_id, report.epoch, report.epochs, report.loss, dict(report.metrics))
+        await self._bus.send(contracts.REGISTRY, progress.message(correlation_id=cid))
         await self._events.emit(
-            "task.progress",
+            EventKind.TASK_PROGRESS,
             task_id=task_id,
             correlation_id=cid,
             epoch=report.epoch,

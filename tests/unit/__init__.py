@@ -1,0 +1,1 @@
+"""Unit tests: core pieces, settings, contracts, persistence, deployment files (parsed, not run)."""
