@@ -99,11 +99,22 @@ def test_skipper_containers_have_a_read_only_root_and_writable_tmp_and_data(serv
 def dockerfile_data_dir_owner() -> tuple[str, str]:
     """(the directory SKIPPER_DATA_DIR names in the image, the uid the image runs as), checked to be its owner."""
     parser = DockerfileParser(path=str(ROOT / "Dockerfile"))
-    runtime = [i for i in parser.structure if i["instruction"] in ("FROM", "ENV", "RUN", "USER")]
-    stage = max(n for n, i in enumerate(runtime) if i["instruction"] == "FROM")
-    text = "\n".join(i["value"] for i in runtime[stage:])
+    stages: list[list[dict[str, str]]] = []
+    for instruction in parser.structure:
+        if instruction["instruction"] == "FROM":
+            stages.append([])
+        if instruction["instruction"] in ("FROM", "ENV", "RUN", "USER"):
+            stages[-1].append(instruction)
+    # The default target is the last stage; it inherits what the stages it is built FROM set.
+    names = {stage[0]["value"].split()[-1]: n for n, stage in enumerate(stages) if " AS " in stage[0]["value"].upper()}
+    chain, n = [], len(stages) - 1
+    while n is not None:
+        chain.insert(0, stages[n])
+        n = names.get(stages[n][0]["value"].split()[0])
+    runtime = [i for stage in chain for i in stage]
+    text = "\n".join(i["value"] for i in runtime)
     data_dir = re.search(r"SKIPPER_DATA_DIR=(\S+)", text)
-    user = [i["value"] for i in runtime[stage:] if i["instruction"] == "USER"]
+    user = [i["value"] for i in runtime if i["instruction"] == "USER"]
     assert data_dir and user, "the runtime stage sets SKIPPER_DATA_DIR and a USER"
     uid = user[-1].split(":")[0]
     assert re.search(rf"chown {uid}(:\d+)? {re.escape(data_dir.group(1))}", text), "the image's data dir is not the user's"
