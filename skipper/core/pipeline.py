@@ -53,15 +53,25 @@ def error_response(exc: SkipperError, style: ErrorStyle = SKIPPER_ERRORS) -> JSO
 
 
 def build_routes(groups: Sequence[RouteGroup], guard: Guard, options: Options) -> list[Route]:
-    """One Starlette route per path (in declaration order), dispatching on the method: a 405 then lists
-    every method the path has in `Allow`, not only those of the first route Starlette tried."""
+    """One Starlette route per path, dispatching on the method: a 405 then lists every method the path
+    has in `Allow`, not only those of the first route Starlette tried.
+
+    In declaration order, except that the prediction routes come first: Starlette tries routes in
+    order, and the hot path should not be matched against every service route before its own.
+    (Every route path has literal parts that keep it from matching another's requests.)
+    """
     by_path: dict[str, dict[str, Handler]] = {}
+    hot: set[str] = set()
     for group in groups:
         for endpoint in group.endpoints:
-            methods = by_path.setdefault(group.prefix + endpoint.path, {})
-            assert endpoint.method not in methods, f"{endpoint.method} {group.prefix}{endpoint.path} is declared twice"
+            path = group.prefix + endpoint.path
+            methods = by_path.setdefault(path, {})
+            assert endpoint.method not in methods, f"{endpoint.method} {path} is declared twice"
             methods[endpoint.method] = to_handler(endpoint, group, guard, options)
-    return [_route(path, methods) for path, methods in by_path.items()]
+            if endpoint.method == "POST" and endpoint.scope == "predict":
+                hot.add(path)
+    ordered = sorted(by_path.items(), key=lambda item: item[0] not in hot)  # stable: declaration order otherwise
+    return [_route(path, methods) for path, methods in ordered]
 
 
 def _route(path: str, methods: dict[str, Handler]) -> Route:
