@@ -85,7 +85,7 @@ class Batcher:
         self._arrivals += 1
         if self._task is None:
             self._idle.clear()
-            self._task = asyncio.create_task(self._drain(), name="skipper.serving.batch")
+            self._task = asyncio.create_task(self._drain(self._arrivals), name="skipper.serving.batch")
         return future
 
     @property
@@ -103,10 +103,12 @@ class Batcher:
 
     # --- internals -----------------------------------------------------------------------
 
-    async def _drain(self) -> None:
+    async def _drain(self, arrivals_at_start: int) -> None:
         try:
+            first: int | None = arrivals_at_start
             while self._queue:
-                await self._gather()
+                await self._gather(first)
+                first = None
                 batch = self._take()
                 if batch:
                     await self._execute(batch)
@@ -114,8 +116,14 @@ class Batcher:
             self._task = None
             self._idle.set()
 
-    async def _gather(self) -> None:
-        """Yield to the loop while more requests keep arriving, up to max_wait and max_rows."""
+    async def _gather(self, arrivals_at_start: int | None = None) -> None:
+        """Yield to the loop while more requests keep arriving, up to max_wait and max_rows.
+
+        The first batch of a drain has already waited the loop iteration its task took to start:
+        when that brought no other request, it goes at once (a lone request waits one iteration).
+        """
+        if arrivals_at_start is not None and self._arrivals == arrivals_at_start:
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._max_wait_s
         while self._queued_rows < self._max_rows:
