@@ -9,6 +9,12 @@ bare endpoint measured in the same run. Machines are shared and noisy: compare r
     python benchmarks/predict.py --variants memory,rabbitmq,rabbitmq-2,bare --duration 8
     python benchmarks/predict.py --variants memory --protocols native,oip,tfserving --concurrency 64 --rounds 4
 
+Unless `--no-lifecycle`, each Skipper deployment also reports its start-up and rollout times:
+the api ready (`/ready` answers 200) after its process started; a fresh server ready with two
+models (`diabetes` and `wine`) to catch up from the registry (broker variants); and the rollout,
+from a deploy request (a rollback to v1, then v2 again) until every replica's `/ready` names the
+new version, while wrk keeps predicting (its failed requests are counted).
+
 `--protocols` also drives each Skipper deployment through the Open Inference Protocol
 (`POST /v2/models/diabetes/infer`) and TensorFlow Serving's REST API (`POST /v1/models/diabetes:predict`),
 back to back with the native route on the same processes and model, and reports each as a
@@ -61,6 +67,16 @@ def protocol_request(protocol: str, predict_url: str, rows: int) -> tuple[str, d
 
 
 @dataclass
+class Lifecycle:
+    variant: str
+    api_ready_s: float
+    server_ready_s: float | None = None  # a fresh server, two models to catch up (broker variants)
+    rollouts_s: tuple[float, ...] = ()
+    rollout_requests: int = 0
+    rollout_failures: int = 0
+
+
+@dataclass
 class Result:
     variant: str
     concurrency: int
@@ -86,7 +102,8 @@ def http(method: str, url: str, body: object | None = None, timeout: float = 10)
         return exc.code, exc.read()
 
 
-def wait_http(url: str, timeout: float = 120, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(url: str, timeout: float = 120, proc: subprocess.Popen[bytes] | None = None,
+              interval: float = 0.3) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -94,7 +111,7 @@ def wait_http(url: str, timeout: float = 120, proc: subprocess.Popen[bytes] | No
         with contextlib.suppress(OSError):
             if http("GET", url, timeout=2)[0] == 200:
                 return
-        time.sleep(0.3)
+        time.sleep(interval)
     raise TimeoutError(url)
 
 
@@ -122,16 +139,28 @@ class Processes:
         self.procs.clear()
 
 
-def skipper(procs: Processes, name: str, role: str, env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes]]:
+def skipper(procs: Processes, name: str, role: str, env: dict[str, str],
+            ready: bool = False) -> tuple[str, subprocess.Popen[bytes], float]:
+    """Start a Skipper process; (its API URL, the process, seconds until /health, or /ready with `ready`, said 200)."""
     port = free_port()
+    started = time.monotonic()
     proc = procs.start(name, ["-m", "skipper", f"--role={role}", f"--port={port}"], env)
     url = f"http://127.0.0.1:{port}{BASE}"
-    wait_http(f"{url}/health", proc=proc)
-    return url, proc
+    wait_http(f"{url}/{'ready' if ready else 'health'}", proc=proc, interval=0.02)
+    return url, proc, time.monotonic() - started
 
 
-def train(api: str, server_ready_urls: list[str], epochs: int) -> None:
-    status, body = http("POST", f"{api}/workflows/diabetes/train", {"params": {"epochs": epochs}})
+def served(ready_url: str) -> dict[str, int]:
+    with contextlib.suppress(OSError, ValueError):
+        status, body = http("GET", ready_url, timeout=2)
+        if status in (200, 503):
+            return dict(json.loads(body).get("models") or {})
+    return {}
+
+
+def train(api: str, server_ready_urls: list[str], epochs: int, workflow: str = "diabetes") -> int:
+    """Train `workflow` and wait until every server serves the new version; that version."""
+    status, body = http("POST", f"{api}/workflows/{workflow}/train", {"params": {"epochs": epochs}})
     assert status == 202, body
     task_id = json.loads(body)["task_id"]
     deadline = time.monotonic() + 300
@@ -142,17 +171,70 @@ def train(api: str, server_ready_urls: list[str], epochs: int) -> None:
         if task["status"] in ("failed", "cancelled") or time.monotonic() > deadline:
             raise RuntimeError(f"training did not succeed: {task}")
         time.sleep(0.5)
-    version = task["result"]["model_version"]
+    version = int(task["result"]["model_version"])
+    model = task["result"]["model"]
     for ready in server_ready_urls:
-        while json.loads(http("GET", ready)[1]).get("models", {}).get("diabetes") != version:
+        while served(ready).get(model) != version:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{ready} never served version {version}")
             time.sleep(0.3)
+    return version
+
+
+def rollout(api: str, ready_urls: list[str], version: int, timeout: float = 60) -> float:
+    """Deploy `version` of diabetes; seconds from the request until every replica serves it."""
+    started = time.monotonic()
+    status, body = http("POST", f"{api}/models/diabetes/versions/{version}/deploy")
+    assert status == 200, body
+    pending = list(ready_urls)
+    while pending:
+        pending = [url for url in pending if served(url).get("diabetes") != version]
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"{pending} never served version {version}")
+        if pending:
+            time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def measure_rollouts(deployed: Deployment, lifecycle: Lifecycle, lua: Path) -> None:
+    """Roll diabetes back to the version before the latest and forward again while wrk predicts all along."""
+    latest = max(served(url).get("diabetes", 0) for url in deployed.ready_urls)
+    load = subprocess.Popen(["wrk", "-t1", "-c8", "-d12s", "-s", str(lua), deployed.predict_url], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        time.sleep(1.5)
+        first = rollout(deployed.api, list(deployed.ready_urls), latest - 1)
+        time.sleep(1.0)
+        second = rollout(deployed.api, list(deployed.ready_urls), latest)
+        out, _ = load.communicate(timeout=30)
+    finally:
+        if load.poll() is None:
+            load.kill()
+    lifecycle.rollouts_s = (first, second)
+    if m := re.search(r"(\d+) requests in", out):
+        lifecycle.rollout_requests = int(m.group(1))
+    if m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
+        lifecycle.rollout_failures += int(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        lifecycle.rollout_failures += sum(int(g) for g in m.groups())
+
+
+@dataclass
+class Deployment:
+    predict_url: str
+    api: str = ""
+    ready_urls: tuple[str, ...] = ()
+    lifecycle: Lifecycle | None = None
 
 
 @contextlib.contextmanager
-def deployment(variant: str, procs: Processes, workdir: Path, epochs: int, artifact: Path) -> Iterator[str]:
-    """Start one variant; yield the predict URL. `artifact` is written by the first Skipper variant."""
+def deployment(variant: str, procs: Processes, workdir: Path, epochs: int, artifact: Path,
+               lifecycle: bool) -> Iterator[Deployment]:
+    """Start one variant. `artifact` is written by the first Skipper variant.
+
+    With `lifecycle`, the api's start-up is timed, `wine` and a second version of `diabetes` are
+    trained, and (broker variants) one more server is started and timed until it is ready with both.
+    """
     data_dir = workdir / variant
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     env = {"SKIPPER_DATA_DIR": str(data_dir), "SKIPPER_LOG_LEVEL": "WARNING", "SKIPPER_NAMESPACE": namespace}
@@ -162,25 +244,35 @@ def deployment(variant: str, procs: Processes, workdir: Path, epochs: int, artif
             proc = procs.start("bare", [str(ROOT / "benchmarks" / "bare_endpoint.py"), "--artifact", str(artifact),
                                         f"--port={port}"], {})
             wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
-            yield f"http://127.0.0.1:{port}/predict"
+            yield Deployment(f"http://127.0.0.1:{port}/predict")
             return
+        trainer = None
         if variant == "memory":
-            api, _ = skipper(procs, variant, "all", env)
-            train(api, [f"{api}/ready"], epochs)
+            api, _, api_ready_s = skipper(procs, variant, "all", env, ready=True)
+            ready = [f"{api}/ready"]
         else:
             broker, servers = variant.rsplit("-", 1) if variant[-1].isdigit() else (variant, "1")
             transport, url = BROKERS[broker]
             env |= {"SKIPPER_TRANSPORT": transport, "SKIPPER_BROKER_URL": url}
-            api, _ = skipper(procs, f"{variant}-api", "api", env)
-            _, trainer = skipper(procs, f"{variant}-trainer", "trainer", env)
+            api, _, api_ready_s = skipper(procs, f"{variant}-api", "api", env, ready=True)
+            _, trainer, _ = skipper(procs, f"{variant}-trainer", "trainer", env)
             ready = [f"{skipper(procs, f'{variant}-server{i}', 'server', env)[0]}/ready" for i in range(int(servers))]
-            train(api, ready, epochs)
+        train(api, ready, epochs)
+        timed = Lifecycle(variant, api_ready_s) if lifecycle else None
+        if timed is not None:
+            train(api, ready, epochs, "wine")
+            if variant != "memory":
+                _, late, timed.server_ready_s = skipper(procs, f"{variant}-late-server", "server", env, ready=True)
+                late.send_signal(signal.SIGTERM)  # measured: it takes no part in what follows
+                late.wait(timeout=30)
+            train(api, ready, epochs)  # diabetes v2: the rollouts go back to v1 and forward again
+        if trainer is not None:
             trainer.send_signal(signal.SIGTERM)  # its work is done: free its core for the measurement
         if not artifact.exists():
             status, data = http("GET", f"{api}/models/diabetes/versions/1/artifact")
             assert status == 200
             artifact.write_bytes(data)
-        yield f"{api}/models/diabetes/predict"
+        yield Deployment(f"{api}/models/diabetes/predict", api, tuple(ready), timed)
     finally:
         procs.stop_all()
 
@@ -213,6 +305,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rows", type=int, default=1, help="instances per request")
     parser.add_argument("--protocols", default="native", help="comma-separated: native, oip, tfserving")
+    parser.add_argument("--lifecycle", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure start-up and rollout times (trains two more versions per deployment)")
     parser.add_argument("--rounds", type=int, default=1, help="measurements per variant and level, interleaved "
                                                                  "(averaged: req/s and p50; p99 is the worst)")
     args = parser.parse_args()
@@ -229,9 +323,11 @@ def main() -> None:
     artifact = workdir / "diabetes.tar.gz"
     procs = Processes(workdir)
     results: list[Result] = []
+    lifecycles: list[Lifecycle] = []
     try:
         for variant in variants:
-            with deployment(variant, procs, workdir, args.epochs, artifact) as predict_url:
+            with deployment(variant, procs, workdir, args.epochs, artifact, args.lifecycle) as deployed:
+                predict_url = deployed.predict_url
                 targets = []
                 for protocol in ["native"] if variant == "bare" else protocols:
                     url, body = protocol_request(protocol, predict_url, args.rows)
@@ -255,9 +351,18 @@ def main() -> None:
                         n = len(runs)
                         results.append(Result(name, c, sum(r[0] for r in runs) / n, sum(r[1] for r in runs) / n,
                                               max(r[2] for r in runs), sum(r[3] for r in runs)))
+                if deployed.lifecycle is not None:  # last: it changes the version served
+                    lua = workdir / "rollout.lua"
+                    _, body = protocol_request("native", predict_url, args.rows)
+                    lua.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
+                                   'wrk.headers["Content-Type"] = "application/json"\n')
+                    measure_rollouts(deployed, deployed.lifecycle, lua)
+                    lifecycles.append(deployed.lifecycle)
     finally:
         procs.stop_all()
     print_table(results, levels)
+    if lifecycles:
+        print_lifecycles(lifecycles)
     print(f"\nlogs: {workdir}")
 
 
@@ -274,6 +379,17 @@ def print_table(results: list[Result], levels: list[int]) -> None:
         ratio_native = f"{r.rps / n.rps:.2f}x" if n else "-"
         print(f"| {r.variant} | {r.concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | "
               f"{ratio_rps} | {ratio_p50} | {ratio_native} |")
+
+
+def print_lifecycles(lifecycles: list[Lifecycle]) -> None:
+    print("\n| variant | api ready s | server ready s (2 models) | rollout s (v1, v2) | requests during rollout "
+          "| failed |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for lc in lifecycles:
+        server = f"{lc.server_ready_s:.2f}" if lc.server_ready_s is not None else "-"
+        rollouts = ", ".join(f"{r:.2f}" for r in lc.rollouts_s)
+        print(f"| {lc.variant} | {lc.api_ready_s:.2f} | {server} | {rollouts} | {lc.rollout_requests} "
+              f"| {lc.rollout_failures} |")
 
 
 if __name__ == "__main__":

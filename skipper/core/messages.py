@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -13,7 +13,8 @@ Body = dict[str, Any] | bytes
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (what `uuid.uuid4().hex` gave, at a quarter of its cost: three per prediction)."""
+    return os.urandom(16).hex()
 
 
 @dataclass(slots=True)

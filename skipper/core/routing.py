@@ -51,7 +51,8 @@ class Call(Generic[P, Q, B]):
 
     @property
     def correlation_id(self) -> str:
-        return str(self.request.state.correlation_id)
+        # Straight from the scope, where CorrelationIdMiddleware put it (`request.state` builds an object per access).
+        return str(self.request.scope["state"]["correlation_id"])
 
 
 Handler = Callable[[Call[Any, Any, Any]], Awaitable[Response]]

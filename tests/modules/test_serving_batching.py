@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -97,3 +98,19 @@ async def test_drained_waits_for_requests_in_flight(inline: bool) -> None:
     futures = [batcher.submit(request(i)) for i in range(10)]
     await batcher.drained()
     assert all(f.done() for f in futures) and batcher.calls == 3
+
+
+async def test_a_model_too_slow_for_a_full_batch_inline_still_runs_small_batches_on_the_loop() -> None:
+    # Given a batcher whose full batches run in a thread but batches of up to 2 rows on the loop
+    threads: list[int] = []
+
+    def model(rows: np.ndarray) -> list[Any]:
+        threads.append(threading.get_ident())
+        return (rows[:, 0] * 2).tolist()  # type: ignore[no-any-return]
+
+    batcher = Batcher(model, max_rows=8, max_wait_ms=0, inline=False, inline_rows=2)
+    # When a lone request of 1 row, then one of 3 rows, are answered
+    assert await batcher.submit(request(1)) == [2]
+    assert await batcher.submit(request(1, 2, 3)) == [2, 4, 6]
+    # Then only the larger batch left the loop's thread
+    assert threads[0] == threading.get_ident() and threads[1] != threading.get_ident()

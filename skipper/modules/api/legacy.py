@@ -20,6 +20,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 
 from skipper.core.errors import BadRequest, ValidationFailed
+from skipper.core.jsonio import FastJSONResponse
 from skipper.core.pipeline import loads
 from skipper.core.repositories import Task
 from skipper.core.routing import Call, Endpoint
@@ -105,8 +106,8 @@ class LegacyRoutes:
         else:
             body = {"instances": [data]}
         reply = await self._service.predict(workflow.model, body, correlation_id=call.correlation_id)
-        return JSONResponse({"task_id": "-", "task_status": "Success", "outcome": json.dumps(reply)},
-                            status_code=ACCEPTED)
+        return FastJSONResponse({"task_id": "-", "task_status": "Success", "outcome": json.dumps(reply)},
+                                status_code=ACCEPTED)
 
     def _json(self, payload: str) -> Any:
         """The payload string decoded as JSON (None when empty)."""

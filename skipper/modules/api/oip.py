@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 
 from skipper import __version__
 from skipper.core.errors import BadRequest, ModelNotReady, SkipperError, ValidationFailed
+from skipper.core.jsonio import FastJSONResponse
 from skipper.core.routing import STRING_ERRORS, Call, Endpoint, RouteGroup
 from skipper.modules.api import tensors
 from skipper.modules.api.models import ModelPath, VersionPath
@@ -200,7 +201,7 @@ class OipRoutes:
             answer["id"] = request_id
         answer["outputs"] = [{"name": t.name, "datatype": t.datatype, "shape": t.shape, "data": t.flat()}
                              for t in outputs]
-        return JSONResponse(answer)
+        return FastJSONResponse(answer)
 
 
 def _no_binary_body(request: Request) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 
 from skipper.core import artifacts
+from skipper.core.jsonio import FastJSONResponse
 from skipper.core.routing import Call, Endpoint, Reply
 from skipper.core.settings import Workflow
 from skipper.modules.api.legacy import task_document
@@ -133,7 +134,8 @@ class ApiRoutes:
         return JSONResponse({"servers": self._service.servers()})
 
     async def predict(self, call: Call[ModelPath, None, Any]) -> Response:
-        return JSONResponse(await self._service.predict(call.path.model, call.body, correlation_id=call.correlation_id))
+        return FastJSONResponse(await self._service.predict(call.path.model, call.body,
+                                                            correlation_id=call.correlation_id))
 
 
 def _workflow_json(name: str, workflow: Workflow) -> dict[str, Any]:

@@ -66,6 +66,7 @@ class ApiService:
         self._replicas = replicas or ReplicaView(settings.bus.signing_key)
         self.schemas = ModelSchemas(registry, settings.workflows)
         self._version_metadata: dict[tuple[str, int], dict[str, Any]] = {}  # versions never change: cached for good
+        self._ok_metrics: dict[str, tuple[Counter, Histogram]] = {}  # a model served is a known model: bounded
         # In-process the server batches by itself; across a broker, fewer and larger bus requests pay.
         self._coalescer = (
             PredictCoalescer(self._request_rows, max_rows=settings.serving.max_batch_size,
@@ -241,8 +242,11 @@ class ApiService:
         except SkipperError as exc:
             self._count_failure(model, exc)
             raise
-        PREDICTIONS.labels(model, "ok").inc()
-        PREDICT_SECONDS.labels(model).observe(time.perf_counter() - started)
+        ok = self._ok_metrics.get(model)
+        if ok is None:  # one `labels()` lookup per model, not two per request
+            ok = self._ok_metrics[model] = (PREDICTIONS.labels(model, "ok"), PREDICT_SECONDS.labels(model))
+        ok[0].inc()
+        ok[1].observe(time.perf_counter() - started)
         return reply
 
     def rejected(self, model: str, exc: SkipperError) -> None:

@@ -20,6 +20,8 @@ INPUT = "input"
 DATATYPES = frozenset({"FP32", "FP64", "INT32", "INT64"})
 _INT_RANGE = {"INT32": 2**31, "INT64": 2**63}
 _FP32_MAX = 3.4028234663852886e38
+_INTEGERS = frozenset({int})
+_NUMBERS = frozenset({int, float})
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +129,11 @@ def matrix(data: Any, datatype: Any, shape: Any, width: int, max_rows: int, what
 def _fast(flat: list[Any], datatype: str, limit: float) -> list[float] | None:
     """The values as floats when all are valid (checked a whole list at a time), else None."""
     integer = datatype in _INT_RANGE
-    allowed = (int,) if integer else (int, float)  # by exact type: a bool is not a number here
-    if not all(type(v) in allowed for v in flat):
+    allowed = _INTEGERS if integer else _NUMBERS  # by exact type: a bool is not a number here
+    if not allowed.issuperset(map(type, flat)):
         return None
     try:
-        values = [float(v) for v in flat]
+        values = list(map(float, flat))
     except OverflowError:
         return None
     if integer:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse, Response
 
 from skipper.core.errors import BadRequest, SkipperError, Unavailable, ValidationFailed
+from skipper.core.jsonio import FastJSONResponse
 from skipper.core.routing import STRING_ERRORS, Call, Endpoint, RouteGroup
 from skipper.modules.api import tensors
 from skipper.modules.api.models import ModelPath, VersionPath
@@ -104,10 +105,10 @@ class TfServingRoutes:
             raise BadRequest(exc.message) from None
         outputs = tensors.to_tensors(reply["predictions"])
         if columnar:
-            return JSONResponse({"outputs": outputs[0].rows if len(outputs) == 1 else {t.name: t.rows for t in outputs}})
+            return FastJSONResponse({"outputs": outputs[0].rows if len(outputs) == 1 else {t.name: t.rows for t in outputs}})
         if len(outputs) == 1:
-            return JSONResponse({"predictions": outputs[0].rows})
-        return JSONResponse({"predictions": [{t.name: t.rows[i] for t in outputs} for i in range(len(rows))]})
+            return FastJSONResponse({"predictions": outputs[0].rows})
+        return FastJSONResponse({"predictions": [{t.name: t.rows[i] for t in outputs} for i in range(len(rows))]})
 
     async def status(self, call: Call[ModelPath | VersionPath, None, None]) -> Response:
         model = call.path.model

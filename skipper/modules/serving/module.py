@@ -230,13 +230,13 @@ class ServingModule(Module):
             finally:
                 self._loading.pop(release.model, None)
                 data = None  # the archive's bytes are not needed once extracted and loaded
-            inline = self._swap(release, prepared, needs)
+            inline_rows = self._swap(release, prepared, needs)
         await self._serve_requests_for(release.model)
         self._spawn(self.presence.announce())  # the replica view shows the new version at once
         took_ms = round((time.perf_counter() - started) * 1000, 1)
-        log.info("installed %s v%d (seq %d) in %.0f ms %s; full batch %.2f ms, run %s", release.model,
-                 release.version, release.seq, took_ms, prepared.timings, prepared.batch_ms,
-                 "inline" if inline else "in a thread", extra={"correlation_id": correlation_id})
+        log.info("installed %s v%d (seq %d) in %.0f ms %s; full batch %.2f ms, batches up to %d rows run inline",
+                 release.model, release.version, release.seq, took_ms, prepared.timings, prepared.batch_ms, inline_rows,
+                 extra={"correlation_id": correlation_id})
         await self._events.emit(EventKind.MODEL_INSTALLED, correlation_id=correlation_id, task_id=task_id, model=release.model,
                                  version=release.version, sha256=release.sha256, took_ms=took_ms)
         return True
@@ -244,12 +244,14 @@ class ServingModule(Module):
     def _held(self) -> list[Footprint]:
         return [loaded.footprint for loaded in (*self._models.values(), *self._retiring)]
 
-    def _swap(self, release: Release, prepared: store.Prepared, needs: Footprint) -> bool:
+    def _swap(self, release: Release, prepared: store.Prepared, needs: Footprint) -> int:
         serving = self._settings.serving
         inline = prepared.batch_ms <= store.INLINE_BUDGET_MS
+        # Too slow for a full batch inline: smaller batches still fit the budget (cost taken as proportional to rows).
+        inline_rows = int(serving.max_batch_size * store.INLINE_BUDGET_MS / prepared.batch_ms) if not inline else 0
         batcher = Batcher(prepared.predictor.predict, max_rows=serving.max_batch_size,
                           max_wait_ms=serving.max_wait_ms, inline=inline, max_queued_rows=serving.max_queued_rows,
-                          on_batch=BATCH_ROWS.labels(release.model).observe)
+                          on_batch=BATCH_ROWS.labels(release.model).observe, inline_rows=inline_rows)
         old = self._models.get(release.model)
         # The swap: one reference assignment on the loop. Requests that already looked up
         # `old` finish on it; every later lookup sees the new version.
@@ -259,7 +261,7 @@ class ServingModule(Module):
         if old is not None:
             self._retiring.append(old)
             self._spawn(self._retire(old))
-        return inline
+        return batcher.inline_rows
 
     async def _serve_requests_for(self, model: str) -> None:
         """Consume the model's predict queue from now on (once per model): only servers holding it take its requests."""
