@@ -5,12 +5,14 @@ event committed late (the horizon waits at a gap)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import httpx_sse
+import uvicorn
 from sqlalchemy import insert
 
 from skipper.core.db import Database, EventRow
@@ -119,6 +121,27 @@ async def test_a_quiet_stream_sends_heartbeat_comments(tmp_path: Path) -> None:
             return ""
 
         assert (await asyncio.wait_for(comment(), 5)) == ": heartbeat"
+
+
+async def test_streams_stay_open_on_a_server_started_after_another_one_exited_in_the_process(tmp_path: Path) -> None:
+    # Given a uvicorn server in this process that was told to exit (an embedding app, a test session)
+    uvicorn.Server(uvicorn.Config(app=None)).handle_exit(signal.SIGTERM, None)
+    # When a new Skipper server starts and a client opens a quiet stream
+    async with (served(tmp_path, API, http={"sse_heartbeat_s": 0.2}) as (base, _), httpx.AsyncClient(timeout=10) as http,
+                http.stream("GET", f"{base}/events/stream") as response):
+        lines = await asyncio.wait_for(_comments(response, 2), 5)
+    # Then the stream lives on, heartbeat after heartbeat, instead of closing at once
+    assert lines == [": heartbeat", ": heartbeat"]
+
+
+async def _comments(response: httpx.Response, n: int) -> list[str]:
+    got: list[str] = []
+    async for line in response.aiter_lines():
+        if line.startswith(":"):
+            got.append(line)
+            if len(got) == n:
+                break
+    return got
 
 
 async def test_streams_refuse_unknown_tasks_and_bad_ids_with_json_errors(tmp_path: Path) -> None:

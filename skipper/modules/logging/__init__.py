@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import AppStatus
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -81,6 +82,10 @@ class LoggingModule(Module):
         bus.consume(contracts.EVENTS, self._on_event)
 
     async def start(self) -> None:
+        # sse-starlette ends every stream once `AppStatus.should_exit` is set, by any uvicorn server's
+        # exit in this process, and nothing resets it: a server started after another one stopped
+        # (an embedding app, a test session) would close each stream at once.
+        AppStatus.should_exit = False
         await self.feed.start()
 
     async def stop(self) -> None:
