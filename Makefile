@@ -19,8 +19,13 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check skipper tests benchmarks
 	$(VENV)/bin/mypy
 
+# Most tests wait on processes, brokers and trainings rather than on the CPU, so three workers
+# share the 2 cores well; building the image saturates them, so those tests run alone, last.
+PYTEST_WORKERS ?= 3
+
 test: lint  ## ruff, mypy and the whole test suite (needs the local RabbitMQ, Redis and PostgreSQL)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist worksteal -m "not image"
+	$(VENV)/bin/pytest -q -m image
 
 bench: $(INSTALLED)  ## predict throughput and latency; needs wrk (apt-get install wrk)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

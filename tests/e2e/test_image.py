@@ -29,7 +29,7 @@ import yaml
 from tests.processes import ROOT, eventually, free_port, http, postgres_schema
 from tests.services import CI, POSTGRES_URL, RABBITMQ_URL, require_postgres, require_rabbitmq
 
-pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess, pytest.mark.image]
 
 CACHE = Path(os.environ.get("SKIPPER_IMAGE_CACHE", "/var/cache/skipper-test"))
 BASE = "localhost/skipper-test-base:bookworm"
