@@ -17,7 +17,7 @@ from prometheus_client import Counter, Histogram
 
 from skipper.core import contracts
 from skipper.core.bus import Transport
-from skipper.core.contracts import EventKind, TaskCancelled, TrainCommand
+from skipper.core.contracts import EventKind, PredictRequest, TaskCancelled, TrainCommand
 from skipper.core.errors import Conflict, ModelNotReady, NoConsumers, NotFound, SkipperError, TooManyRequests, Unavailable
 from skipper.core.events import EventEmitter
 from skipper.core.limits import check_train_limits
@@ -258,10 +258,7 @@ class ApiService:
 
     async def _request_rows(self, model: str, rows: list[list[float]], correlation_id: str,
                             version: int | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "instances": rows}
-        if version is not None:
-            body["version"] = version
-        msg = Message(type=contracts.PREDICT_REQUEST, body=body, correlation_id=correlation_id)
+        msg = PredictRequest(model, rows, version).message(correlation_id=correlation_id)
         reply = await self._bus.request(contracts.predict_queue(model), msg, timeout=self._settings.http.predict_timeout_s)
         return reply.data
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from skipper.core import contracts, signing
 from skipper.core.bus import Transport
-from skipper.core.contracts import EventKind, ModelAnnouncement
+from skipper.core.contracts import EventKind, ModelAnnouncement, PredictReply, PredictRequest
 from skipper.core.errors import ArtifactRejected, ModelNotReady, SkipperError, ValidationFailed
 from skipper.core.events import EventEmitter
 from skipper.core.messages import Message
@@ -62,6 +63,9 @@ class ServingModule(Module):
         self._events = events
         self.presence = Presence(bus=bus, settings=settings, role=role, versions=self.versions)
         self._models: dict[str, Loaded] = {}
+        # What a model's predict queue carries, by message type: the handler gets the version held.
+        self._on_predict_queue: dict[str, Callable[[Message, Loaded], Awaitable[Message]]] = {
+            contracts.PREDICT_REQUEST: self._predict, contracts.PREDICT_STATUS: self._status}
         self._retiring: list[Loaded] = []  # swapped out, finishing their requests: still in memory
         self._loading: dict[str, Footprint] = {}  # model -> the version being loaded now
         self._guard = MemoryGuard.from_settings(settings.serving)
@@ -132,20 +136,28 @@ class ServingModule(Module):
         """
         if not isinstance(msg.body, dict):
             raise ValidationFailed("a predict request body must be a JSON object")
-        body = msg.body
-        name = body.get("model")
+        name = msg.body.get("model")
         loaded = self._models.get(name) if isinstance(name, str) else None
         if loaded is None:
             raise ModelNotReady(f"no version of model {name!r} is loaded on this server", details={"model": name})
-        if msg.type == contracts.PREDICT_STATUS:
-            return msg.reply({"model": name, "version": loaded.version})
-        wanted = body.get("version")
-        if wanted is not None and wanted != loaded.version:
+        handler = self._on_predict_queue.get(msg.type)
+        if handler is None:
+            raise ValidationFailed(f"unknown message type {msg.type!r} on a predict queue", details={"type": msg.type})
+        return await handler(msg, loaded)
+
+    async def _status(self, msg: Message, loaded: Loaded) -> Message:
+        return msg.reply({"model": loaded.release.model, "version": loaded.version})
+
+    async def _predict(self, msg: Message, loaded: Loaded) -> Message:
+        request = PredictRequest.from_body(msg.body)
+        name = request.model
+        if request.version is not None and request.version != loaded.version:
+            wanted = request.version
             raise ModelNotReady(
                 f"version {wanted} of model {name!r} is not loaded: servers hold the production version, "
                 f"{loaded.version}; deploy version {wanted} to serve it",
                 details={"model": name, "version": wanted, "served_version": loaded.version})
-        rows = rows_from_instances(body.get("instances"), loaded.predictor.n_features)
+        rows = rows_from_instances(request.instances, loaded.predictor.n_features)
         try:
             predictions = await loaded.batcher.submit(rows)
         except SkipperError:
@@ -157,7 +169,7 @@ class ServingModule(Module):
                                     version=loaded.version, error=f"{type(exc).__name__}: {exc}")
             raise
         SERVED.labels(name).inc()
-        return msg.reply({"predictions": predictions, "model": name, "model_version": loaded.version})
+        return msg.reply(PredictReply(predictions, name, loaded.version).to_body())
 
     # --- model distribution --------------------------------------------------------------
 
