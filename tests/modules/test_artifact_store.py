@@ -55,3 +55,22 @@ def test_chunks_past_the_size_limit_or_with_a_crafted_upload_id_are_refused(tmp_
     with pytest.raises(ArtifactRejected, match="outside"):
         store.write_chunk("../outside", UPLOAD, 0, b"x", max_bytes=4096)
     assert not (tmp_path / "outside").exists()
+
+
+def test_a_commit_sweeps_away_uploads_abandoned_by_dead_trainers_but_not_those_in_progress(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    # Given an upload whose trainer died an hour and a half ago, and one whose chunks are still arriving
+    store.write_chunk("diabetes", "a" * 32, 0, b"x" * 1024, max_bytes=1 << 20)
+    abandoned = tmp_path / "diabetes" / f".upload-{'a' * 32}.part"
+    os.utime(abandoned, (abandoned.stat().st_atime - 5400, abandoned.stat().st_mtime - 5400))
+    store.write_chunk("diabetes", "b" * 32, 0, b"y" * 1024, max_bytes=1 << 20)
+    # When another upload of the model commits
+    data = os.urandom(2048)
+    for offset, piece in chunks(data, 1024):
+        store.write_chunk("diabetes", UPLOAD, offset, piece, max_bytes=1 << 20)
+    store.commit("diabetes", UPLOAD, hashlib.sha256(data).hexdigest(), len(data))
+    # Then the abandoned part is gone, and the one in progress can still be committed
+    assert not abandoned.exists()
+    assert (tmp_path / "diabetes" / f".upload-{'b' * 32}.part").exists()
+    store.write_chunk("diabetes", "b" * 32, 1024, b"y" * 1024, max_bytes=1 << 20)
+    assert store.commit("diabetes", "b" * 32, hashlib.sha256(b"y" * 2048).hexdigest(), 2048).read_bytes() == b"y" * 2048

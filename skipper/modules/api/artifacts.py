@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 from skipper.core.artifacts import file_digest
@@ -20,6 +21,8 @@ from skipper.core.errors import ArtifactRejected, NotFound
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _UPLOAD = re.compile(r"^[0-9a-f]{16,64}$")
+# Every chunk written touches its part file: one untouched this long lost its trainer mid-upload.
+ABANDONED_AFTER_S = 3600.0
 
 
 class ArtifactStore:
@@ -84,7 +87,26 @@ class ArtifactStore:
         with open(part, "rb") as f:
             os.fsync(f.fileno())
         os.replace(part, path)
+        self.sweep_abandoned(model)
         return path
+
+    def sweep_abandoned(self, model: str, *, older_than_s: float = ABANDONED_AFTER_S) -> int:
+        """Remove `model`'s partial files (uploads, interrupted writes) untouched for `older_than_s`; how many.
+
+        A trainer killed mid-upload never commits, and its retry uploads under a new id: without
+        this, each such death would leave up to a whole artifact's worth of disk behind.
+        """
+        directory = self.inside(self.root / model)
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for partial in [*directory.glob(".upload-*.part"), *directory.glob(".incoming-*")]:
+            try:
+                if partial.stat().st_mtime < cutoff:
+                    partial.unlink()
+                    removed += 1
+            except FileNotFoundError:  # another api replica sharing the store got there first
+                continue
+        return removed
 
     def _part(self, model: str, upload: str) -> Path:
         if not _UPLOAD.match(upload):
