@@ -21,9 +21,9 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 # ---------------------------------------------------------------------------------------
-# builder: resolve and install the runtime dependencies into a self-contained venv
+# builder-base: an empty venv and the dependency lists, what both builders start from
 # ---------------------------------------------------------------------------------------
-FROM ${BASE_IMAGE} AS builder
+FROM ${BASE_IMAGE} AS builder-base
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -35,6 +35,12 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /build
 COPY pyproject.toml requirements.lock ./
+
+# ---------------------------------------------------------------------------------------
+# builder: resolve and install the runtime dependencies into a self-contained venv
+# ---------------------------------------------------------------------------------------
+FROM builder-base AS builder
+
 # The [project] dependencies first, every version pinned by the lock: their own layer, rebuilt
 # only when pyproject.toml or the lock change.
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=pipca \
@@ -52,18 +58,8 @@ RUN --mount=type=secret,id=pipconf --mount=type=secret,id=pipca \
 # ---------------------------------------------------------------------------------------
 # api-builder: the same venv without TensorFlow, Keras and scikit-learn (training and serving only)
 # ---------------------------------------------------------------------------------------
-FROM ${BASE_IMAGE} AS api-builder
+FROM builder-base AS api-builder
 
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PIP_CONFIG_FILE=/run/secrets/pipconf
-
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-
-WORKDIR /build
-COPY pyproject.toml requirements.lock ./
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=pipca \
     python -c "import tomllib; print('\n'.join(d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if not d.startswith(('tensorflow', 'keras', 'scikit-learn'))))" > requirements.in \
  && pip install --require-virtualenv -r requirements.in -c requirements.lock

@@ -117,10 +117,8 @@ def test_the_api_target_has_no_tensorflow_and_runs_the_api_role() -> None:
 
 
 def test_the_build_is_multi_stage_and_the_runtime_copies_the_builders_venv() -> None:
-    all_stages = stages()
-    assert len(all_stages) >= 2
-    builder = values(all_stages[0], "FROM")[0].split()
-    assert [w.lower() for w in builder[1:]] == ["as", "builder"]
+    assert len(stages()) >= 2
+    assert named_stage("builder"), "a stage named builder installs the venv"
     copies = values(final_stage(), "COPY")
     assert "--from=builder /opt/venv /opt/venv" in copies
     assert not [v for v in values(final_stage(), "RUN") if "pip install" in v], "install in the builder only"
@@ -162,7 +160,7 @@ def test_the_healthcheck_asks_skipper_for_health_without_curl() -> None:
 
 
 def test_dependencies_are_installed_from_pyproject_pinned_by_requirements_lock() -> None:
-    builder = stages()[0]
+    builder = named_stage("builder")
     assert any("requirements.lock" in c.split() for c in values(builder, "COPY"))
     installs = [r for r in values(builder, "RUN") if "pip install" in r and "requirements.in" in r]
     assert len(installs) == 1
@@ -172,7 +170,7 @@ def test_dependencies_are_installed_from_pyproject_pinned_by_requirements_lock()
 
 
 def test_skipper_is_installed_as_a_package_and_the_image_has_no_source_tree() -> None:
-    builder = stages()[0]
+    builder = named_stage("builder")
     runs = values(builder, "RUN")
     (install,) = [r for r in runs if re.search(r"pip install [^&]*--no-deps \.(\s|$)", r)]
     assert " -e " not in install and "--editable" not in install, "a wheel install, not an editable one"
