@@ -21,7 +21,7 @@ import pika.exceptions
 
 from skipper.core.bus import BusOptions
 from skipper.core.errors import Unavailable
-from skipper.transports.dramatiq.side import CONNECT_TIMEOUT_S, SideListener
+from skipper.transports.dramatiq.side import ATTACH_TIMEOUT_S, CONNECT_TIMEOUT_S, SideListener
 
 log = logging.getLogger("skipper.transports.dramatiq")
 
@@ -92,11 +92,11 @@ class AmqpSide:
         """Wait until the broker counts a consumer on each queue (Dramatiq attaches them in threads)."""
         if not wait:
             return
-        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        deadline = time.monotonic() + ATTACH_TIMEOUT_S
         for queue in queues:
             while not await self.has_consumers(queue):
                 if time.monotonic() > deadline:
-                    log.warning("no consumer attached to %s after %.0fs", queue, CONNECT_TIMEOUT_S)
+                    log.warning("no consumer attached to %s after %.0fs", queue, ATTACH_TIMEOUT_S)
                     return
                 await asyncio.sleep(0.02)
 

@@ -31,7 +31,7 @@ from skipper.transports.dramatiq.broker import SharedTimeLimit, SkipperRabbitmqB
 from skipper.transports.dramatiq.encoding import install_encoder
 from skipper.transports.dramatiq.middleware import WAIT_SLICE_S, HandlerFailed, Outcomes, Redeliveries
 from skipper.transports.dramatiq.redis_side import RedisSide
-from skipper.transports.dramatiq.side import CONNECT_TIMEOUT_S, SideChannel, TransportListener
+from skipper.transports.dramatiq.side import ATTACH_TIMEOUT_S, CONNECT_TIMEOUT_S, SideChannel, TransportListener
 from skipper.transports.dramatiq.wire import DEADLINE, actor_name, from_envelope, pack_frame, split_reply_to, to_envelope
 
 log = logging.getLogger("skipper.transports.dramatiq")
@@ -152,8 +152,8 @@ class DramatiqTransport(Transport):
             return
         if isinstance(self.broker, SkipperRabbitmqBroker):
             # This process's own consumer, not just any: a peer consuming the queue proves nothing.
-            if not await asyncio.to_thread(consuming.wait, CONNECT_TIMEOUT_S):
-                raise Unavailable(f"the consumer of {name} did not start within {CONNECT_TIMEOUT_S:g}s")
+            if not await asyncio.to_thread(consuming.wait, ATTACH_TIMEOUT_S):
+                raise Unavailable(f"the consumer of {name} did not start within {ATTACH_TIMEOUT_S:g}s")
         else:
             await self._side.consumers_attached([name])
 
