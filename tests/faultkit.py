@@ -34,7 +34,7 @@ from typing import Any, cast
 import redis
 from sqlalchemy import create_engine, text
 
-from tests.processes import ROW, Cluster, Role, eventually, free_port, http
+from tests.processes import ROW, Cluster, Role, eventually, free_port, http, postgres_schema
 from tests.services import POSTGRES_URL
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -207,21 +207,6 @@ def _port_open(port: int) -> bool:
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def postgres_schema(application_name: str) -> Iterator[str]:
-    """A fresh schema; yields a database URL that uses it and names its sessions `application_name`."""
-    schema = f"skipper_flt_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}&application_name={application_name}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def terminate_postgres_sessions(application_name: str) -> int:

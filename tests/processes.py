@@ -137,14 +137,15 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def postgres_schema() -> Iterator[str]:
-    """A fresh PostgreSQL schema; yields the database URL that uses it."""
+def postgres_schema(application_name: str | None = None) -> Iterator[str]:
+    """A fresh PostgreSQL schema; yields the database URL that uses it (naming its sessions `application_name`)."""
     schema = f"skipper_mp_{uuid.uuid4().hex[:10]}"
     admin = create_engine(POSTGRES_URL)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    named = f"&application_name={application_name}" if application_name else ""
     try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}{named}"
     finally:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
