@@ -21,7 +21,7 @@ import pika.exceptions
 
 from skipper.core.bus import BusOptions
 from skipper.core.errors import Unavailable
-from skipper.transports.dramatiq.side import ATTACH_TIMEOUT_S, CONNECT_TIMEOUT_S, SideListener
+from skipper.transports.dramatiq.side import ATTACH_TIMEOUT_S, SideListener
 
 log = logging.getLogger("skipper.transports.dramatiq")
 
@@ -73,7 +73,8 @@ class AmqpSide:
         self._topics.update(topics)
         self._thread = threading.Thread(target=self._run, name="skipper-dramatiq-amqp", daemon=True)
         self._thread.start()
-        if not await asyncio.to_thread(self._ready.wait, CONNECT_TIMEOUT_S):
+        # Its first connection shares a loaded machine with Dramatiq's consumer threads starting too.
+        if not await asyncio.to_thread(self._ready.wait, ATTACH_TIMEOUT_S):
             await self.close()
             raise Unavailable(f"cannot reach RabbitMQ at {self._params.host}:{self._params.port}")
 
