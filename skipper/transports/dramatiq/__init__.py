@@ -48,6 +48,14 @@ training run is redelivered (as its next attempt) while it is still going.
 
 from __future__ import annotations
 
+import os
+
+# A consumer thread that lost its connection waits this long before it reconnects; Dramatiq's
+# 3 s default alone would use most of the 5 s recovery target after a broker drop. Dramatiq
+# reads its documented `dramatiq_restart_delay` variable once, at import, so it is set first;
+# a value in the environment wins.
+os.environ.setdefault("dramatiq_restart_delay", "1000")
+
 from skipper.transports.dramatiq.broker import declare_actor
 from skipper.transports.dramatiq.encoding import SkipperEncoder, install_encoder
 from skipper.transports.dramatiq.transport import DramatiqTransport

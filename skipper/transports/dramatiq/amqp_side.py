@@ -129,6 +129,9 @@ class AmqpSide:
                 return
             try:
                 cf.set_result(fn())
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                # The connection dropped under this call: a typed, retryable failure for the caller.
+                cf.set_exception(Unavailable(f"the RabbitMQ connection was lost: {exc!r}"))
             except BaseException as exc:
                 cf.set_exception(exc)
 

@@ -119,16 +119,25 @@ class FreshRequeueConsumer(_RabbitmqConsumer):
         return getattr(message, "skipper_consumer", self) is not self
 
     def ack(self, message: Any) -> None:
-        if self._stale(message):
-            log.debug("not acking message %s: its channel is gone and the broker requeued it", message.message_id)
-            return
-        super().ack(message)  # type: ignore[no-untyped-call]
+        self._settle(message, "ack", super().ack)
 
     def nack(self, message: Any) -> None:
+        self._settle(message, "nack", super().nack)
+
+    def _settle(self, message: Any, verb: str, settle: Callable[[Any], None]) -> None:
+        """Ack or nack on the channel that delivered it; skip it once that channel is gone.
+
+        The broker requeues a closed channel's unacked deliveries itself. Letting Dramatiq see
+        the ConnectionClosed would make it sleep 5 s and retry an ack that can never succeed,
+        holding a worker thread through the first seconds after a broker drop.
+        """
         if self._stale(message):
-            log.debug("not nacking message %s: its channel is gone and the broker requeued it", message.message_id)
+            log.debug("not %sing message %s: its channel is gone and the broker requeued it", verb, message.message_id)
             return
-        super().nack(message)  # type: ignore[no-untyped-call]
+        try:
+            settle(message)
+        except ConnectionClosed:
+            log.debug("not %sing message %s: the connection closed and the broker requeues it", verb, message.message_id)
 
     def requeue(self, messages: Any) -> None:
         messages = [m for m in messages if not self._stale(m)]  # the broker requeued the others already

@@ -19,7 +19,7 @@ log = logging.getLogger("skipper.transports.dramatiq")
 
 CONNECT_TIMEOUT_S = 10.0
 # Dramatiq attaches each queue's consumer in its own thread, on its own connection, and waits its
-# restart delay (3 s) after a failed attempt: on a loaded machine a start can take a few of them.
+# restart delay (1 s, see __init__) after a failed attempt: on a loaded machine a start can take a few of them.
 ATTACH_TIMEOUT_S = 30.0
 
 

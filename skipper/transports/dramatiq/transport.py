@@ -262,7 +262,12 @@ class DramatiqTransport(Transport):
         if target is None or outcome.reply is None:
             log.warning("request on %s has an unusable reply_to %r", queue, msg.reply_to)
             return
-        await self._side.reply(target[0], pack_frame(outcome.reply, reply_for=target[1]))
+        try:
+            await self._side.reply(target[0], pack_frame(outcome.reply, reply_for=target[1]))
+        except Unavailable as exc:
+            # The caller's reply address went with the connection (or ours did): it gets its
+            # timeout, and a request is never retried, so there is nothing more to do here.
+            log.info("cannot reply to a request on %s: %s", queue, exc)
 
     # --- requests and fanout ------------------------------------------------------------
 
