@@ -20,7 +20,7 @@ from dramatiq.middleware import Retries
 
 from skipper.core import contracts
 from skipper.core.bus import BusOptions
-from skipper.core.errors import ConfigError, NoConsumers
+from skipper.core.errors import ConfigError, NoConsumers, RequestTimeout
 from skipper.core.messages import Message, new_id
 from skipper.transports.dramatiq import DramatiqTransport, SkipperEncoder
 from tests.conftest import eventually, holds_for
@@ -222,6 +222,45 @@ async def test_a_request_fails_with_no_consumers_once_the_only_consumer_closed(m
     with pytest.raises(NoConsumers):
         await client.request("echo", Message(type="q"), timeout=10)
     assert time.monotonic() - started < 2.0
+
+
+async def test_on_redis_requests_skip_dramatiqs_polled_queue_and_leave_nothing_behind_when_not_taken() -> None:
+    require("redis")
+    maker = _Make("redis")
+    release = asyncio.Event()
+    try:
+        # Given a server holding one request at a time (prefetch 1), busy with the first
+        server, client = maker(), maker()
+        seen: list[int] = []
+
+        async def slow(msg: Message) -> Message:
+            seen.append(msg.data["n"])
+            await release.wait()
+            return msg.reply({"n": msg.data["n"]})
+
+        server.consume("slow", slow, prefetch=1)
+        await server.start()
+        await client.start()
+        first = asyncio.create_task(client.request("slow", Message(type="q", body={"n": 1}), timeout=5))
+        await eventually(lambda: seen == [1])
+        # When a second request waits behind it longer than its caller does
+        with pytest.raises(RequestTimeout):
+            await client.request("slow", Message(type="q", body={"n": 2}), timeout=0.3)
+        # Then it never went through Dramatiq's queue, and Redis dropped it with its timeout
+        raw = redis.Redis.from_url(REDIS_URL)
+        try:
+            assert raw.hlen(f"skipper:{maker.namespace}:{server.qualified('slow')}.msgs") == 0
+            await eventually(lambda: raw.exists(f"skipper:{maker.namespace}:requests:{server.qualified('slow')}") == 0)
+        finally:
+            raw.close()
+        # And the first is answered once its handler finishes; the expired one never runs
+        release.set()
+        assert (await first).data == {"n": 1}
+        assert (await client.request("slow", Message(type="q", body={"n": 3}), timeout=5)).data == {"n": 3}
+        assert seen == [1, 3]
+    finally:
+        release.set()
+        await close_and_clean("redis", maker.built)
 
 
 CHILD = """

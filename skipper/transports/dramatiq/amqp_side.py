@@ -36,6 +36,8 @@ class AmqpSide:
     backoff and re-declares its reply queue and subscriptions.
     """
 
+    carries_requests = False  # requests are Dramatiq messages: RabbitMQ pushes them, nothing polls
+
     def __init__(self, listener: SideListener, url: str, options: BusOptions) -> None:
         self._listener = listener
         self._options = options
@@ -108,6 +110,9 @@ class AmqpSide:
 
     async def has_consumers(self, queue: str) -> bool:
         return await self._submit(lambda: self._consumer_count(queue)) > 0
+
+    async def send_request(self, queue: str, frame: bytes, *, timeout: float) -> None:
+        raise NotImplementedError("on RabbitMQ, requests are Dramatiq messages (RabbitMQ pushes them: no polling)")
 
     async def publish(self, topic: str, frame: bytes) -> None:
         await self._submit(lambda: self._publish(topic, frame))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from skipper.core.bus import Transport
@@ -35,9 +36,14 @@ class SideListener(Protocol):
     def on_reconnect(self) -> None:
         """The side channel came back after a loss (fanout may have been missed meanwhile)."""
 
+    def on_request(self, queue: str, data: bytes, done: Callable[[], None]) -> None:
+        """A request frame taken for (qualified) `queue`; call `done()` once it was handled."""
+
 
 class SideChannel(Protocol):
     """Replies, fanout and consumer presence beside Dramatiq. Every method raises `Unavailable` when the broker is unreachable."""
+
+    carries_requests: bool  # requests travel here (`send_request`, `on_request`), not through Dramatiq
 
     @property
     def connected(self) -> bool: ...
@@ -63,6 +69,9 @@ class SideChannel(Protocol):
     async def has_consumers(self, queue: str) -> bool:
         """Whether any process consumes the (qualified) `queue` now."""
 
+    async def send_request(self, queue: str, frame: bytes, *, timeout: float) -> None:
+        """Queue a request frame for one consumer of (qualified) `queue` (only where `carries_requests`)."""
+
     async def publish(self, topic: str, frame: bytes) -> None:
         """Send a fanout frame to every subscriber of `topic`."""
 
@@ -79,8 +88,9 @@ class SideChannel(Protocol):
 class TransportListener:
     """The `SideListener` of a transport: frames decoded, then handed to the base class's public hooks."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, *, serve_request: Callable[[str, bytes, Callable[[], None]], None]) -> None:
         self._t = transport
+        self.on_request = serve_request
 
     def on_reply(self, data: bytes) -> None:
         try:

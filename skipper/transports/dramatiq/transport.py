@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -32,7 +33,16 @@ from skipper.transports.dramatiq.encoding import install_encoder
 from skipper.transports.dramatiq.middleware import WAIT_SLICE_S, HandlerFailed, Outcomes, Redeliveries
 from skipper.transports.dramatiq.redis_side import RedisSide
 from skipper.transports.dramatiq.side import ATTACH_TIMEOUT_S, CONNECT_TIMEOUT_S, SideChannel, TransportListener
-from skipper.transports.dramatiq.wire import DEADLINE, actor_name, from_envelope, pack_frame, split_reply_to, to_envelope
+from skipper.transports.dramatiq.wire import (
+    DEADLINE,
+    actor_name,
+    from_envelope,
+    pack_frame,
+    pack_request,
+    split_reply_to,
+    to_envelope,
+    unpack_request,
+)
 
 log = logging.getLogger("skipper.transports.dramatiq")
 
@@ -71,7 +81,8 @@ class DramatiqTransport(Transport):
         ]
         self.broker: RabbitmqBroker | RedisBroker
         self._side: SideChannel
-        listener = TransportListener(self)
+        self._prefetch: dict[str, int] = {}  # qualified queue -> its consumers' prefetch in this process
+        listener = TransportListener(self, serve_request=self.serve_request)
         if self.kind == "rabbitmq":
             self.broker = SkipperRabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
             if isinstance(self.broker.parameters, pika.connection.Parameters):
@@ -84,10 +95,9 @@ class DramatiqTransport(Transport):
                 heartbeat_timeout=options.heartbeat_s * 1000 if options.heartbeat_s > 0 else 60_000,
                 maintenance_chance=redis_maintenance_chance,
             )
-            self._side = RedisSide(listener, url, options)
+            self._side = RedisSide(listener, url, options, prefetch=self._prefetch)
         self._handlers: dict[str, list[Handler]] = {}
         self._turn: dict[str, int] = {}
-        self._prefetch: dict[str, int] = {}
         self._handling: dict[tuple[str, int], threading.Event] = {}  # (message id, attempt) -> set when handled
         self._handling_lock = threading.Lock()
         self._worker: Worker | None = None
@@ -279,7 +289,24 @@ class DramatiqTransport(Transport):
     async def _send_request(self, queue: str, msg: Message, key: str, timeout: float) -> None:
         msg.reply_to = f"{self._side.reply_address()}#{key}"
         expires = round((time.time() + timeout) * 1000)
+        if self._side.carries_requests:
+            await self._side.send_request(self.qualified(queue), pack_request(msg, deadline_ms=expires), timeout=timeout)
+            return
         await self._enqueue(self.dramatiq_message(queue, msg, max_retries=0, **{DEADLINE: expires}))
+
+    def serve_request(self, name: str, data: bytes, done: Callable[[], None]) -> None:
+        """A request the side channel took for queue `name`: handle it on the loop, reply, then `done()`."""
+        try:
+            msg, deadline = unpack_request(data)
+        except (ValueError, json.JSONDecodeError):
+            log.warning("dropping an unreadable request on %s", name)
+            done()
+            return
+        if (deadline is not None and time.time() * 1000 > deadline) or name not in self._handlers:
+            log.info("dropping a request to %s whose caller stopped waiting", name)
+            done()
+            return
+        self.spawn(self._serve(self.logical(name), msg)).add_done_callback(lambda _: done())
 
     async def _publish(self, topic: str, msg: Message) -> None:
         await self._side.publish(topic, pack_frame(msg))

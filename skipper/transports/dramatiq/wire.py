@@ -9,6 +9,10 @@ Side-channel frames (fanout events and request replies, on RabbitMQ or Redis): `
 length of a JSON header as a big-endian uint32, the header (`Message.to_headers()`, plus
 `x-reply-for: <token>` on a reply), then the raw body (JSON, or bytes when `x-body-kind` is
 `bytes`). A request's `reply_to` is `<reply address>#<token>`.
+
+On Redis, requests travel as frames too (`pack_request`, pushed on a list that consumers BLPOP):
+the header also holds `x-reply-to` and `x-deadline-ms`, the epoch milliseconds after which
+nobody waits for the reply.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from skipper.core.messages import Message, new_id
 
 DEADLINE = "skipper_deadline_ms"  # message option: a request nobody waits for any more is dropped
+DEADLINE_HEADER = "x-deadline-ms"  # the same, in a request frame
 
 
 def actor_name(namespace: str, queue: str) -> str:
@@ -60,9 +65,17 @@ _FRAME_MAGIC = b"SKF1"
 
 def pack_frame(msg: Message, *, reply_for: str | None = None) -> bytes:
     """One request reply or fanout message: JSON header, then the raw body."""
+    return _pack(msg, {} if reply_for is None else {"x-reply-for": reply_for})
+
+
+def pack_request(msg: Message, *, deadline_ms: int) -> bytes:
+    """A request sent beside Dramatiq (Redis): its `reply_to` and deadline ride in the header."""
+    return _pack(msg, {"x-reply-to": msg.reply_to, DEADLINE_HEADER: deadline_ms})
+
+
+def _pack(msg: Message, extra: dict[str, Any]) -> bytes:
     headers = msg.to_headers()
-    if reply_for is not None:
-        headers["x-reply-for"] = reply_for
+    headers.update(extra)
     head = json.dumps(headers, separators=(",", ":")).encode()
     body = msg.body if isinstance(msg.body, bytes) else json.dumps(msg.body, separators=(",", ":")).encode()
     return b"".join((_FRAME_MAGIC, struct.pack(">I", len(head)), head, body))
@@ -70,6 +83,19 @@ def pack_frame(msg: Message, *, reply_for: str | None = None) -> bytes:
 
 def unpack_frame(data: bytes) -> tuple[Message, str | None]:
     """The message in a frame, and the request token it replies to (if any)."""
+    msg, headers = _unpack(data)
+    return msg, headers.get("x-reply-for")
+
+
+def unpack_request(data: bytes) -> tuple[Message, int | None]:
+    """The request in a frame, and the epoch milliseconds after which nobody waits for it (if known)."""
+    msg, headers = _unpack(data)
+    reply_to, deadline = headers.get("x-reply-to"), headers.get(DEADLINE_HEADER)
+    msg.reply_to = reply_to if isinstance(reply_to, str) else None
+    return msg, deadline if isinstance(deadline, int) else None
+
+
+def _unpack(data: bytes) -> tuple[Message, dict[str, Any]]:
     if not data.startswith(_FRAME_MAGIC):
         raise ValueError("not a Skipper frame")
     (head_len,) = struct.unpack_from(">I", data, len(_FRAME_MAGIC))
@@ -77,8 +103,7 @@ def unpack_frame(data: bytes) -> tuple[Message, str | None]:
     headers = json.loads(data[start : start + head_len])
     raw = data[start + head_len :]
     body: bytes | dict[str, Any] = raw if headers.get("x-body-kind") == "bytes" else json.loads(raw)
-    reply_for = headers.get("x-reply-for")
-    return Message.from_headers(headers, body), reply_for
+    return Message.from_headers(headers, body), headers
 
 
 def split_reply_to(reply_to: str) -> tuple[str, str] | None:
