@@ -1,8 +1,12 @@
-"""`AmqpSide`: replies, fanout and consumer counts beside Dramatiq on RabbitMQ.
+"""`AmqpSide`: requests, replies, fanout and consumer counts beside Dramatiq on RabbitMQ.
 
-A request goes through the work queue with `reply_to` naming this transport's exclusive reply
-queue; `NoConsumers` comes from the work queue's `consumer_count`; fanout is a fanout exchange
-`<ns>.fanout.<topic>` with one exclusive queue per subscribing transport.
+A request does not go through Dramatiq (its sender thread, consumer thread and worker thread
+cost ~2 ms per request): it is published, confirmed and `mandatory`, on `<queue>.requests`, an
+auto-delete queue that each consuming process declares and consumes here with its prefetch, so
+the queue exists exactly while someone consumes it and a request nobody takes comes back as
+`NoConsumers` with no separate check. It carries `reply_to` naming this transport's exclusive
+reply queue and expires with its timeout. Fanout is a fanout exchange `<ns>.fanout.<topic>`
+with one exclusive queue per subscribing transport.
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ class AmqpSide:
     backoff and re-declares its reply queue and subscriptions.
     """
 
-    carries_requests = False  # requests are Dramatiq messages: RabbitMQ pushes them, nothing polls
+    carries_requests = True
+    presence_on_send = True  # a mandatory publish finds out that nobody consumes the queue
 
-    def __init__(self, listener: SideListener, url: str, options: BusOptions) -> None:
+    def __init__(self, listener: SideListener, url: str, options: BusOptions, *, prefetch: dict[str, int]) -> None:
+        """`prefetch` (shared with the transport, by queue) bounds the requests a queue has in hand."""
         self._listener = listener
         self._options = options
         self._params = pika.URLParameters(url)
@@ -55,6 +61,13 @@ class AmqpSide:
         self._exchanges: set[str] = set()
         self._known_exchanges: set[str] = set()
         self._calls: set[concurrent.futures.Future[Any]] = set()
+        self._replies: Any = None  # a channel without confirms: a lost reply is a timeout anyway
+        self._serving: set[str] = set()  # queues whose requests this process takes
+        self._prefetch = prefetch
+        # On the connection's thread: queue -> its request channel; channel -> deliveries in hand.
+        self._request_channels: dict[str, Any] = {}
+        self._in_hand: dict[Any, int] = {}
+        self._cancelled: set[Any] = set()
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,13 +99,23 @@ class AmqpSide:
             await asyncio.to_thread(self._thread.join, 10)
 
     async def withdraw(self) -> None:
-        """Nothing to do: RabbitMQ drops a consumer from `consumer_count` when its channel closes."""
+        """Stop taking requests (RabbitMQ drops Dramatiq's consumers when their channels close)."""
+        queues, self._serving = list(self._serving), set()
+        with contextlib.suppress(Unavailable):
+            await self._submit(lambda: self._each(self._stop_serving, queues))
 
     async def withdraw_queue(self, queue: str) -> None:
-        """Nothing to do: RabbitMQ drops a consumer from `consumer_count` when it is cancelled."""
+        """Stop taking requests for `queue`; those in hand are still answered."""
+        self._serving.discard(queue)
+        with contextlib.suppress(Unavailable):
+            await self._submit(lambda: self._stop_serving(queue))
 
     async def consumers_attached(self, queues: list[str], *, wait: bool = True) -> None:
-        """Wait until the broker counts a consumer on each queue (Dramatiq attaches them in threads)."""
+        """Take `queues`' requests from now on; with `wait`, also wait until the broker counts
+        Dramatiq's consumer on each (Dramatiq attaches them in threads)."""
+        self._serving.update(queues)
+        with contextlib.suppress(Unavailable):  # the reconnect serves them
+            await self._submit(lambda: self._each(self._serve, queues))
         if not wait:
             return
         deadline = time.monotonic() + ATTACH_TIMEOUT_S
@@ -111,14 +134,23 @@ class AmqpSide:
     async def has_consumers(self, queue: str) -> bool:
         return await self._submit(lambda: self._consumer_count(queue)) > 0
 
-    async def send_request(self, queue: str, frame: bytes, *, timeout: float) -> None:
-        raise NotImplementedError("on RabbitMQ, requests are Dramatiq messages (RabbitMQ pushes them: no polling)")
+    async def send_request(self, queue: str, frame: bytes, *, timeout: float) -> bool:
+        props = pika.BasicProperties(expiration=str(max(1, round(timeout * 1000))))
+
+        def publish() -> bool:
+            try:
+                self._channel.basic_publish("", _request_queue(queue), frame, properties=props, mandatory=True)
+            except pika.exceptions.UnroutableError:
+                return False  # no such queue: nobody consumes it (it is deleted with its last consumer)
+            return True
+
+        return await self._submit(publish)
 
     async def publish(self, topic: str, frame: bytes) -> None:
         await self._submit(lambda: self._publish(topic, frame))
 
     async def reply(self, address: str, frame: bytes) -> None:
-        await self._submit(lambda: self._channel.basic_publish("", address, frame))
+        await self._submit(lambda: self._replies.basic_publish("", address, frame))
 
     async def add_topic(self, topic: str) -> None:
         self._topics.add(topic)
@@ -176,16 +208,22 @@ class AmqpSide:
         channel.confirm_delivery()
         self._reply_queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
         channel.basic_consume(self._reply_queue, self._on_reply, auto_ack=True)
+        replies = conn.channel()
         with self._lock:
-            self._conn, self._channel, self._probe = conn, channel, None
+            self._conn, self._channel, self._probe, self._replies = conn, channel, None, replies
         self._exchanges.clear()
         self._bound.clear()
+        self._request_channels.clear()
+        self._in_hand.clear()
+        self._cancelled.clear()
         for topic in list(self._topics):
             self._bind(topic)
+        for queue in list(self._serving):
+            self._serve(queue)
 
     def _drop(self) -> None:
         with self._lock:
-            conn, self._conn, self._channel, self._probe = self._conn, None, None, None
+            conn, self._conn, self._channel, self._probe, self._replies = self._conn, None, None, None, None
             calls = list(self._calls)
         if conn is not None and conn.is_open:
             try:
@@ -221,6 +259,67 @@ class AmqpSide:
     def _publish(self, topic: str, frame: bytes) -> None:
         self._channel.basic_publish(self._declare_exchange(topic), "", frame)
 
+    @staticmethod
+    def _each(fn: Callable[[str], None], queues: list[str]) -> None:
+        for queue in queues:
+            fn(queue)
+
+    def _serve(self, queue: str) -> None:
+        """Consume `queue`'s requests on a channel of their own, with the queue's prefetch."""
+        if queue in self._request_channels or queue not in self._serving:
+            return
+        channel = self._conn.channel()
+        channel.basic_qos(prefetch_count=self._prefetch.get(queue, self._options.prefetch))
+        channel.queue_declare(_request_queue(queue), auto_delete=True)
+        self._in_hand[channel] = 0
+
+        def deliver(ch: Any, method: Any, props: Any, body: bytes) -> None:
+            self._in_hand[channel] += 1
+            tag = method.delivery_tag
+            self._to_loop(self._listener.on_request, queue, body, lambda: self._call_soon(lambda: self._ack(channel, tag)))
+
+        channel.basic_consume(_request_queue(queue), deliver)
+        self._request_channels[queue] = channel
+
+    def _stop_serving(self, queue: str) -> None:
+        """Cancel `queue`'s request consumer; its channel closes once the requests in hand are acked."""
+        channel = self._request_channels.pop(queue, None)
+        if channel is None or not channel.is_open:
+            return
+        for tag in list(channel.consumer_tags):
+            channel.basic_cancel(tag)
+        self._cancelled.add(channel)
+        self._close_if_idle(channel)
+
+    def _ack(self, channel: Any, tag: int) -> None:
+        if not channel.is_open:
+            return  # its connection went: RabbitMQ requeued the request (its reply, if sent, counts)
+        channel.basic_ack(tag)
+        self._in_hand[channel] = self._in_hand.get(channel, 1) - 1
+        self._close_if_idle(channel)
+
+    def _close_if_idle(self, channel: Any) -> None:
+        if channel in self._cancelled and self._in_hand.get(channel, 0) <= 0:
+            self._cancelled.discard(channel)
+            self._in_hand.pop(channel, None)
+            channel.close()
+
+    def _call_soon(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the connection's thread, if the connection is still up (fire and forget)."""
+        with self._lock:
+            conn = self._conn
+            if conn is None or not conn.is_open:
+                return
+
+            def call() -> None:
+                try:
+                    fn()
+                except (pika.exceptions.AMQPError, OSError) as exc:
+                    log.debug("acking a request failed: %r", exc)
+
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                conn.add_callback_threadsafe(call)
+
     def _consumer_count(self, queue: str) -> int:
         if self._probe is None or not self._probe.is_open:
             self._probe = self._conn.channel()
@@ -241,3 +340,8 @@ class AmqpSide:
             pass  # the loop is closed: nobody is waiting any more
 
 
+
+
+def _request_queue(queue: str) -> str:
+    """Where requests for (qualified) `queue` wait: an auto-delete queue that exists while someone consumes it."""
+    return f"{queue}.requests"

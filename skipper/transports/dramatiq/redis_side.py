@@ -40,6 +40,7 @@ class RedisSide:
     """
 
     carries_requests = True
+    presence_on_send = False  # a list takes a request whether or not anyone waits on it
 
     def __init__(self, listener: SideListener, url: str, options: BusOptions, *, prefetch: dict[str, int]) -> None:
         """`prefetch` (shared with the transport, by queue) bounds the requests a queue has in hand."""
@@ -158,7 +159,7 @@ class RedisSide:
             raise Unavailable(f"cannot reach Redis: {exc}") from exc
         return bool(counts) and int(counts[0][1]) > 0
 
-    async def send_request(self, queue: str, frame: bytes, *, timeout: float) -> None:
+    async def send_request(self, queue: str, frame: bytes, *, timeout: float) -> bool:
         """Queue a request frame for one consumer of `queue`; the list expires with the request."""
         key = self._request_key(queue)
         try:
@@ -168,6 +169,7 @@ class RedisSide:
                 await pipe.execute()
         except (redis.RedisError, OSError) as exc:
             raise Unavailable(f"cannot reach Redis: {exc}") from exc
+        return True
 
     async def publish(self, topic: str, frame: bytes) -> None:
         await self._publish(self._topic_channel(topic), frame)

@@ -44,6 +44,7 @@ class SideChannel(Protocol):
     """Replies, fanout and consumer presence beside Dramatiq. Every method raises `Unavailable` when the broker is unreachable."""
 
     carries_requests: bool  # requests travel here (`send_request`, `on_request`), not through Dramatiq
+    presence_on_send: bool  # `send_request` itself reports a queue nobody consumes: no check before
 
     @property
     def connected(self) -> bool: ...
@@ -69,8 +70,8 @@ class SideChannel(Protocol):
     async def has_consumers(self, queue: str) -> bool:
         """Whether any process consumes the (qualified) `queue` now."""
 
-    async def send_request(self, queue: str, frame: bytes, *, timeout: float) -> None:
-        """Queue a request frame for one consumer of (qualified) `queue` (only where `carries_requests`)."""
+    async def send_request(self, queue: str, frame: bytes, *, timeout: float) -> bool:
+        """Queue a request frame for one consumer of (qualified) `queue`; False: nobody consumes it."""
 
     async def publish(self, topic: str, frame: bytes) -> None:
         """Send a fanout frame to every subscriber of `topic`."""

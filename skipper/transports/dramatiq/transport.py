@@ -25,7 +25,7 @@ from dramatiq.errors import BrokerError
 from dramatiq.middleware import AgeLimit, CurrentMessage, Middleware
 
 from skipper.core.bus import BusOptions, Handler, Subscription, Transport
-from skipper.core.errors import ConfigError, Unavailable
+from skipper.core.errors import ConfigError, NoConsumers, Unavailable
 from skipper.core.messages import Message
 from skipper.transports.dramatiq.amqp_side import AmqpSide
 from skipper.transports.dramatiq.broker import SharedTimeLimit, SkipperRabbitmqBroker, Worker, declare_actor, limits
@@ -87,7 +87,7 @@ class DramatiqTransport(Transport):
             self.broker = SkipperRabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
             if isinstance(self.broker.parameters, pika.connection.Parameters):
                 self.broker.parameters.client_properties = {"connection_name": options.client_name("dramatiq")}
-            self._side = AmqpSide(listener, url, options)
+            self._side = AmqpSide(listener, url, options, prefetch=self._prefetch)
         else:
             self.broker = RedisBroker(  # type: ignore[no-untyped-call]
                 client=redis.Redis.from_url(url, client_name=options.client_name("dramatiq")),
@@ -103,6 +103,7 @@ class DramatiqTransport(Transport):
         self._worker: Worker | None = None
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="skipper-dramatiq-send")
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._side_requests: set[asyncio.Task[Any]] = set()  # requests taken by the side channel, in hand
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -122,6 +123,8 @@ class DramatiqTransport(Transport):
         if self._worker is not None:
             # Worker threads finish their messages (their handlers run on this loop), then ack.
             await asyncio.to_thread(self._worker.stop, round((self.options.time_limit_s + 5) * 1000))
+        # Requests taken beside Dramatiq are answered over the side channel: before it closes.
+        await asyncio.gather(*self._side_requests, return_exceptions=True)
         await self._side.close()
         self.fail_requests(Unavailable("the transport was closed while waiting for a reply"))
         await self.drain_subscriptions()
@@ -164,6 +167,7 @@ class DramatiqTransport(Transport):
             # This process's own consumer, not just any: a peer consuming the queue proves nothing.
             if not await asyncio.to_thread(consuming.wait, ATTACH_TIMEOUT_S):
                 raise Unavailable(f"the consumer of {name} did not start within {ATTACH_TIMEOUT_S:g}s")
+            await self._side.consumers_attached([name], wait=False)  # and its requests' consumer
         else:
             await self._side.consumers_attached([name])
 
@@ -284,13 +288,17 @@ class DramatiqTransport(Transport):
     async def _has_consumers(self, queue: str) -> bool:
         if not self.started or self.closed:
             return False
+        if self._side.presence_on_send:
+            return True  # sending finds out (and raises NoConsumers)
         return await self._side.has_consumers(self.qualified(queue))
 
     async def _send_request(self, queue: str, msg: Message, key: str, timeout: float) -> None:
         msg.reply_to = f"{self._side.reply_address()}#{key}"
         expires = round((time.time() + timeout) * 1000)
         if self._side.carries_requests:
-            await self._side.send_request(self.qualified(queue), pack_request(msg, deadline_ms=expires), timeout=timeout)
+            frame = pack_request(msg, deadline_ms=expires)
+            if not await self._side.send_request(self.qualified(queue), frame, timeout=timeout):
+                raise NoConsumers(f"no consumer for queue {queue!r}", details={"queue": queue})
             return
         await self._enqueue(self.dramatiq_message(queue, msg, max_retries=0, **{DEADLINE: expires}))
 
@@ -306,7 +314,10 @@ class DramatiqTransport(Transport):
             log.info("dropping a request to %s whose caller stopped waiting", name)
             done()
             return
-        self.spawn(self._serve(self.logical(name), msg)).add_done_callback(lambda _: done())
+        task = self.spawn(self._serve(self.logical(name), msg))
+        self._side_requests.add(task)
+        task.add_done_callback(self._side_requests.discard)
+        task.add_done_callback(lambda _: done())
 
     async def _publish(self, topic: str, msg: Message) -> None:
         await self._side.publish(topic, pack_frame(msg))
