@@ -198,6 +198,8 @@ class AmqpSide:
                 log.warning("RabbitMQ side channel lost, reconnecting in %.1fs: %s", delay, exc)
             finally:
                 self._drop()
+                if self._ready.is_set():
+                    self._to_loop(self._listener.on_disconnect)
             if self._stop.wait(delay):
                 break
             delay = min(delay * 2, self._options.reconnect_backoff_max_s)

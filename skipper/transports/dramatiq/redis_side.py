@@ -204,6 +204,7 @@ class RedisSide:
                 # redis-py reconnects and re-subscribes (replies, topics, presence) on the next read.
                 if self.connected:
                     log.warning("Redis pub/sub lost, reconnecting: %s", exc)
+                    self._listener.on_disconnect()
                 self.connected = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._options.reconnect_backoff_max_s)

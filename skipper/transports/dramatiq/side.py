@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from skipper.core.bus import Transport
+from skipper.core.errors import Unavailable
 from skipper.transports.dramatiq.wire import unpack_frame
 
 log = logging.getLogger("skipper.transports.dramatiq")
@@ -35,6 +36,9 @@ class SideListener(Protocol):
 
     def on_reconnect(self) -> None:
         """The side channel came back after a loss (fanout may have been missed meanwhile)."""
+
+    def on_disconnect(self) -> None:
+        """The side channel lost its connection: replies to requests in flight cannot arrive."""
 
     def on_request(self, queue: str, data: bytes, done: Callable[[], None]) -> None:
         """A request frame taken for (qualified) `queue`; call `done()` once it was handled."""
@@ -112,3 +116,8 @@ class TransportListener:
     def on_reconnect(self) -> None:
         if not self._t.closed:
             self._t.spawn(self._t.notify_connected())
+
+    def on_disconnect(self) -> None:
+        # The reply address went with the connection (RabbitMQ's exclusive queue, Redis's
+        # subscription): a reply sent meanwhile is lost, so the callers hear it now, not at their timeout.
+        self._t.fail_requests(Unavailable("the connection to the broker was lost while waiting for a reply"))
