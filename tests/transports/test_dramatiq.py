@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import dramatiq.broker
+import pika
+import pika.exceptions
 import pytest
 import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -24,7 +26,7 @@ from skipper.core.errors import ConfigError, NoConsumers, RequestTimeout
 from skipper.core.messages import Message, new_id
 from skipper.transports.dramatiq import DramatiqTransport, SkipperEncoder
 from tests.conftest import eventually, holds_for
-from tests.services import REDIS_URL
+from tests.services import RABBITMQ_URL, REDIS_URL
 from tests.transports.factory_dramatiq import URLS, build, close_and_clean, require
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,35 +226,56 @@ async def test_a_request_fails_with_no_consumers_once_the_only_consumer_closed(m
     assert time.monotonic() - started < 2.0
 
 
-async def test_on_redis_requests_skip_dramatiqs_polled_queue_and_leave_nothing_behind_when_not_taken() -> None:
-    require("redis")
-    maker = _Make("redis")
-    release = asyncio.Event()
+def _waiting_requests(bus: DramatiqTransport, queue: str) -> tuple[int, int]:
+    """(requests waiting in Dramatiq's own queue, requests waiting beside it) for a logical queue."""
+    name = bus.qualified(queue)
+    if bus.kind == "rabbitmq":
+        assert isinstance(bus.broker, RabbitmqBroker)
+        connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+        try:
+            channel = connection.channel()
+            try:
+                beside = channel.queue_declare(f"{name}.requests", passive=True).method.message_count
+            except pika.exceptions.ChannelClosedByBroker:
+                beside = 0  # deleted with its last consumer
+        finally:
+            connection.close()
+        return bus.broker.get_queue_message_counts(name)[0], int(beside)
+    client = redis.Redis.from_url(REDIS_URL)
     try:
-        # Given a server holding one request at a time (prefetch 1), busy with the first
-        server, client = maker(), maker()
-        seen: list[int] = []
+        ns = bus.options.namespace
+        return int(client.hlen(f"skipper:{ns}:{name}.msgs")), int(client.llen(f"skipper:{ns}:requests:{name}"))
+    finally:
+        client.close()
 
-        async def slow(msg: Message) -> Message:
-            seen.append(msg.data["n"])
-            await release.wait()
-            return msg.reply({"n": msg.data["n"]})
 
-        server.consume("slow", slow, prefetch=1)
-        await server.start()
-        await client.start()
+async def test_requests_skip_dramatiqs_queue_are_held_up_to_the_prefetch_and_leave_nothing_behind(make: Make) -> None:
+    # Given a server holding one request at a time (prefetch 1), busy with the first
+    server, client = make(), make()
+    release = asyncio.Event()
+    seen: list[int] = []
+
+    async def slow(msg: Message) -> Message:
+        seen.append(msg.data["n"])
+        await release.wait()
+        return msg.reply({"n": msg.data["n"]})
+
+    server.consume("slow", slow, prefetch=1)
+    await server.start()
+    await client.start()
+    try:
         first = asyncio.create_task(client.request("slow", Message(type="q", body={"n": 1}), timeout=5))
         await eventually(lambda: seen == [1])
         # When a second request waits behind it longer than its caller does
+        second = asyncio.create_task(client.request("slow", Message(type="q", body={"n": 2}), timeout=0.5))
+        await asyncio.sleep(0.2)
+        # Then it waits beside Dramatiq (whose consumer may poll), not in Dramatiq's queue, nor here
+        assert await asyncio.to_thread(_waiting_requests, server, "slow") == (0, 1)
+        assert seen == [1]
         with pytest.raises(RequestTimeout):
-            await client.request("slow", Message(type="q", body={"n": 2}), timeout=0.3)
-        # Then it never went through Dramatiq's queue, and Redis dropped it with its timeout
-        raw = redis.Redis.from_url(REDIS_URL)
-        try:
-            assert raw.hlen(f"skipper:{maker.namespace}:{server.qualified('slow')}.msgs") == 0
-            await eventually(lambda: raw.exists(f"skipper:{maker.namespace}:requests:{server.qualified('slow')}") == 0)
-        finally:
-            raw.close()
+            await second
+        # And the broker drops it with its timeout
+        await eventually(lambda: _waiting_requests(server, "slow") == (0, 0), timeout=5)
         # And the first is answered once its handler finishes; the expired one never runs
         release.set()
         assert (await first).data == {"n": 1}
@@ -260,7 +283,6 @@ async def test_on_redis_requests_skip_dramatiqs_polled_queue_and_leave_nothing_b
         assert seen == [1, 3]
     finally:
         release.set()
-        await close_and_clean("redis", maker.built)
 
 
 CHILD = """

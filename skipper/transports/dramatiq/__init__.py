@@ -30,6 +30,16 @@ Requests and fanout are built beside Dramatiq on the same broker, over a `SideCh
 `RedisSide` (redis.asyncio on the loop). A side channel reports back only through a
 `SideListener`, which hands replies and events to the base class's public hooks.
 
+Requests (predictions) do not ride Dramatiq: its Redis consumer polls (5 ms and more between
+looks at an idle queue) and its RabbitMQ path crosses a sender thread, a consumer thread and a
+worker thread. They go on the side channel: a mandatory publish on an auto-delete
+`<queue>.requests` queue (RabbitMQ), or a list that each consuming process BLPOPs (Redis); each
+process holds at most the queue's prefetch of them and handles them on its loop. A request in
+flight fails with `Unavailable` as soon as the side connection drops (its reply address went with
+it). Upgrading from a version whose requests rode Dramatiq: roll the servers first (they take
+requests both ways); an older server does not see the new path (RabbitMQ answers `NoConsumers`,
+Redis times out).
+
 Wire format (pinned byte for byte by tests/transports/test_wire_golden.py): `wire.py` (the envelope in a
 Dramatiq message, the side-channel frames) and `encoding.py` (bytes bodies, never base64).
 
