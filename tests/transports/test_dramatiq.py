@@ -226,27 +226,28 @@ async def test_a_request_fails_with_no_consumers_once_the_only_consumer_closed(m
     assert time.monotonic() - started < 2.0
 
 
-def _waiting_requests(bus: DramatiqTransport, queue: str) -> tuple[int, int]:
-    """(requests waiting in Dramatiq's own queue, requests waiting beside it) for a logical queue."""
+def waiting_beside(bus: DramatiqTransport, queue: str) -> int:
+    """Requests of a logical queue waiting beside Dramatiq (not yet taken by a consumer)."""
     name = bus.qualified(queue)
     if bus.kind == "rabbitmq":
-        assert isinstance(bus.broker, RabbitmqBroker)
         connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
         try:
-            channel = connection.channel()
-            try:
-                beside = channel.queue_declare(f"{name}.requests", passive=True).method.message_count
-            except pika.exceptions.ChannelClosedByBroker:
-                beside = 0  # deleted with its last consumer
+            return int(connection.channel().queue_declare(f"{name}.requests", passive=True).method.message_count)
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0  # deleted with its last consumer
         finally:
             connection.close()
-        return bus.broker.get_queue_message_counts(name)[0], int(beside)
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        ns = bus.options.namespace
-        return int(client.hlen(f"skipper:{ns}:{name}.msgs")), int(client.llen(f"skipper:{ns}:requests:{name}"))
+        count: Any = client.llen(f"skipper:{bus.options.namespace}:requests:{name}")
+        return int(count)
     finally:
         client.close()
+
+
+def _waiting_requests(bus: DramatiqTransport, queue: str) -> tuple[int, int]:
+    """(requests waiting in Dramatiq's own queue, requests waiting beside it)."""
+    return ready_count(bus, queue), waiting_beside(bus, queue)
 
 
 async def test_requests_skip_dramatiqs_queue_are_held_up_to_the_prefetch_and_leave_nothing_behind(make: Make) -> None:
