@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,18 +69,22 @@ async def make(broker: str) -> AsyncIterator[Make]:
     await close_and_clean(broker, maker.built)
 
 
+def redis_count(read: Callable[[redis.Redis], Any]) -> int:
+    """One count read from the test Redis."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return int(read(client))
+    finally:
+        client.close()
+
+
 def dead_letter_count(bus: DramatiqTransport, queue: str) -> int:
     """Messages in Dramatiq's dead-letter queue (`<queue>.XQ`) of a logical queue."""
     name = bus.qualified(queue)
     if bus.kind == "rabbitmq":
         assert isinstance(bus.broker, RabbitmqBroker)
         return bus.broker.get_queue_message_counts(name)[2]
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        count: Any = client.zcard(f"skipper:{bus.options.namespace}:{name}.XQ")
-        return int(count)
-    finally:
-        client.close()
+    return redis_count(lambda client: client.zcard(f"skipper:{bus.options.namespace}:{name}.XQ"))
 
 
 def ready_count(bus: DramatiqTransport, queue: str) -> int:
@@ -89,12 +93,7 @@ def ready_count(bus: DramatiqTransport, queue: str) -> int:
     if bus.kind == "rabbitmq":
         assert isinstance(bus.broker, RabbitmqBroker)
         return bus.broker.get_queue_message_counts(name)[0]
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        count: Any = client.llen(f"skipper:{bus.options.namespace}:{name}")
-        return int(count)
-    finally:
-        client.close()
+    return redis_count(lambda client: client.llen(f"skipper:{bus.options.namespace}:{name}"))
 
 
 async def wait_until_prefetched(bus: DramatiqTransport, queue: str, timeout: float = 10.0) -> None:
@@ -237,12 +236,7 @@ def waiting_beside(bus: DramatiqTransport, queue: str) -> int:
             return 0  # deleted with its last consumer
         finally:
             connection.close()
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        count: Any = client.llen(f"skipper:{bus.options.namespace}:requests:{name}")
-        return int(count)
-    finally:
-        client.close()
+    return redis_count(lambda client: client.llen(f"skipper:{bus.options.namespace}:requests:{name}"))
 
 
 def _waiting_requests(bus: DramatiqTransport, queue: str) -> tuple[int, int]:
