@@ -76,7 +76,7 @@ def test_models_fan_out_to_every_server_and_a_late_server_catches_up(cluster: Cl
     sent = 1
 
     def both_served() -> bool:
-        # Dramatiq's Redis consumers poll: one may take a run of requests before the other's turn.
+        # Competing consumers need not alternate: one may take a run of requests before the other's turn.
         nonlocal sent
         assert predict(api.url, rows=1)[0] == 200
         sent += 1

@@ -49,6 +49,15 @@ def test_golden_frames_decode_back_to_the_message(golden: str, name: str, reply_
     assert unpack_frame(bytes.fromhex(GOLDEN[golden])) == (MESSAGES[name], reply_for)
 
 
+def test_the_golden_request_frame_decodes_back_to_the_request_its_reply_address_and_deadline() -> None:
+    from dataclasses import replace
+
+    from skipper.transports.dramatiq.wire import unpack_request
+
+    expected = replace(MESSAGES["request"], reply_to="amq.gen-reply#tok-1")
+    assert unpack_request(bytes.fromhex(GOLDEN["frame.request"])) == (expected, 1700000005250)
+
+
 def test_a_golden_dramatiq_message_decodes_back_to_its_envelope() -> None:
     from skipper.transports.dramatiq import SkipperEncoder
 

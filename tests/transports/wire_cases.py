@@ -75,6 +75,15 @@ def frame_bytes(name: str, *, reply_for: str | None = None) -> bytes:
     return pack_frame(MESSAGES[name], reply_for=reply_for)
 
 
+def request_frame_bytes() -> bytes:
+    """A request frame sent beside Dramatiq, with its reply address and deadline."""
+    from dataclasses import replace
+
+    from skipper.transports.dramatiq.wire import pack_request
+
+    return pack_request(replace(MESSAGES["request"], reply_to="amq.gen-reply#tok-1"), deadline_ms=1700000005250)
+
+
 REPLY_TO = "amq.rabbitmq.reply-to"
 
 # golden name -> how to build it now
@@ -100,4 +109,5 @@ CASES: dict[str, Any] = {
     "frame.event_bytes": lambda: frame_bytes("work_bytes"),
     "frame.reply": lambda: frame_bytes("reply", reply_for="tok-1"),
     "frame.error_reply": lambda: frame_bytes("error_reply", reply_for="tok-1"),
+    "frame.request": request_frame_bytes,
 }

@@ -40,7 +40,6 @@ class AmqpSide:
     backoff and re-declares its reply queue and subscriptions.
     """
 
-    carries_requests = True
     presence_on_send = True  # a mandatory publish finds out that nobody consumes the queue
 
     def __init__(self, listener: SideListener, url: str, options: BusOptions, *, prefetch: dict[str, int]) -> None:

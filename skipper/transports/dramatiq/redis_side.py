@@ -39,7 +39,6 @@ class RedisSide:
     socket, so requests get `NoConsumers` at once instead of waiting for a TTL to run out.
     """
 
-    carries_requests = True
     presence_on_send = False  # a list takes a request whether or not anyone waits on it
 
     def __init__(self, listener: SideListener, url: str, options: BusOptions, *, prefetch: dict[str, int]) -> None:

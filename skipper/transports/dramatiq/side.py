@@ -47,7 +47,6 @@ class SideListener(Protocol):
 class SideChannel(Protocol):
     """Replies, fanout and consumer presence beside Dramatiq. Every method raises `Unavailable` when the broker is unreachable."""
 
-    carries_requests: bool  # requests travel here (`send_request`, `on_request`), not through Dramatiq
     presence_on_send: bool  # `send_request` itself reports a queue nobody consumes: no check before
 
     @property
@@ -75,7 +74,9 @@ class SideChannel(Protocol):
         """Whether any process consumes the (qualified) `queue` now."""
 
     async def send_request(self, queue: str, frame: bytes, *, timeout: float) -> bool:
-        """Queue a request frame for one consumer of (qualified) `queue`; False: nobody consumes it."""
+        """Queue a request frame for one consumer of (qualified) `queue`, beside Dramatiq; False: nobody consumes it.
+
+        Consumers get it through `SideListener.on_request`, at most their queue's prefetch at a time."""
 
     async def publish(self, topic: str, frame: bytes) -> None:
         """Send a fanout frame to every subscriber of `topic`."""

@@ -295,12 +295,11 @@ class DramatiqTransport(Transport):
     async def _send_request(self, queue: str, msg: Message, key: str, timeout: float) -> None:
         msg.reply_to = f"{self._side.reply_address()}#{key}"
         expires = round((time.time() + timeout) * 1000)
-        if self._side.carries_requests:
-            frame = pack_request(msg, deadline_ms=expires)
-            if not await self._side.send_request(self.qualified(queue), frame, timeout=timeout):
-                raise NoConsumers(f"no consumer for queue {queue!r}", details={"queue": queue})
-            return
-        await self._enqueue(self.dramatiq_message(queue, msg, max_retries=0, **{DEADLINE: expires}))
+        # Beside Dramatiq (see the package docstring); the actor still serves requests that older
+        # senders enqueued as Dramatiq messages (`DEADLINE` option), so servers can be rolled first.
+        frame = pack_request(msg, deadline_ms=expires)
+        if not await self._side.send_request(self.qualified(queue), frame, timeout=timeout):
+            raise NoConsumers(f"no consumer for queue {queue!r}", details={"queue": queue})
 
     def serve_request(self, name: str, data: bytes, done: Callable[[], None]) -> None:
         """A request the side channel took for queue `name`: handle it on the loop, reply, then `done()`."""
@@ -310,8 +309,12 @@ class DramatiqTransport(Transport):
             log.warning("dropping an unreadable request on %s", name)
             done()
             return
-        if (deadline is not None and time.time() * 1000 > deadline) or name not in self._handlers:
+        if deadline is not None and time.time() * 1000 > deadline:
             log.info("dropping a request to %s whose caller stopped waiting", name)
+            done()
+            return
+        if name not in self._handlers:
+            log.warning("dropping a request to %s: nothing consumes it here", name)
             done()
             return
         task = self.spawn(self._serve(self.logical(name), msg))

@@ -10,9 +10,10 @@ length of a JSON header as a big-endian uint32, the header (`Message.to_headers(
 `x-reply-for: <token>` on a reply), then the raw body (JSON, or bytes when `x-body-kind` is
 `bytes`). A request's `reply_to` is `<reply address>#<token>`.
 
-On Redis, requests travel as frames too (`pack_request`, pushed on a list that consumers BLPOP):
-the header also holds `x-reply-to` and `x-deadline-ms`, the epoch milliseconds after which
-nobody waits for the reply.
+Requests travel as frames too (`pack_request`: a RabbitMQ message on `<queue>.requests`, or an
+entry of a Redis list that consumers BLPOP): the header also holds `x-reply-to` and
+`x-deadline-ms`, the epoch milliseconds after which nobody waits for the reply. Requests that
+older versions sent as Dramatiq messages carry the deadline as the `skipper_deadline_ms` option.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def pack_frame(msg: Message, *, reply_for: str | None = None) -> bytes:
 
 
 def pack_request(msg: Message, *, deadline_ms: int) -> bytes:
-    """A request sent beside Dramatiq (Redis): its `reply_to` and deadline ride in the header."""
+    """A request sent beside Dramatiq: its `reply_to` and deadline ride in the header."""
     return _pack(msg, {"x-reply-to": msg.reply_to, DEADLINE_HEADER: deadline_ms})
 
 
