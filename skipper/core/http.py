@@ -1,5 +1,6 @@
 """HTTP plumbing shared by every role: the app factory, its own routes, JSON errors, and the
-middleware in front of every request (correlation ids, the Host allow-list, CORS when configured).
+front door in front of every request (`skipper.core.frontdoor`: correlation ids, the Host allow-list,
+the prediction routes dispatched directly) and CORS when configured.
 
 Routes are declared (`skipper.core.routing`) and turned into Starlette routes by
 `skipper.core.pipeline`; the OpenAPI document comes from the same declarations.
@@ -7,10 +8,9 @@ Routes are declared (`skipper.core.routing`) and turned into Starlette routes by
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import re
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,14 +21,14 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from skipper import __version__
 from skipper.core import openapi
 from skipper.core.auth import OPEN, build_guard, is_loopback
 from skipper.core.docs import docs_endpoints
-from skipper.core.errors import BadRequest, SkipperError, Unavailable
-from skipper.core.logs import correlation_id
+from skipper.core.errors import SkipperError, Unavailable
+from skipper.core.frontdoor import FrontDoor, HostAllowList
 from skipper.core.messages import new_id
 from skipper.core.module import Module
 from skipper.core.pipeline import Options, build_routes, error_response
@@ -37,8 +37,6 @@ from skipper.core.settings import Settings
 
 __all__ = ["API_BASE", "create_app", "request_correlation_id"]
 
-CORRELATION_HEADER = b"x-correlation-id"
-_CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 StyleFor = Callable[[str], ErrorStyle]
 SERVICE = ("service",)
 
@@ -142,20 +140,24 @@ def create_app(*, settings: Settings, role: str, modules: Sequence[Module], life
     options = Options(max_body_bytes=http.max_body_bytes, max_json_depth=http.max_json_depth,
                       cors_origins=tuple(http.cors_origins))
     style_for = style_resolver(groups)
-    app = Starlette(routes=build_routes(groups, guard, options), lifespan=lifespan, exception_handlers={
+    routes = build_routes(groups, guard, options)
+    app = SkipperApp(routes=routes.starlette, lifespan=lifespan, exception_handlers={
         SkipperError: _skipper_error(style_for), HTTPException: _http_error(style_for),
         DBAPIError: _database_error(style_for), Exception: _unexpected_error(style_for)})
     app.state.guard = guard  # the dashboard adds its session cookie here: app.state.guard.add_source(...)
     app.state.route_groups = groups
+    cors: Callable[[ASGIApp], ASGIApp] | None = None
     if http.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(http.cors_origins),
-                           allow_methods=["GET", "POST", "PUT", "DELETE"],
-                           allow_headers=["authorization", "content-type", "x-correlation-id"],
-                           expose_headers=["x-correlation-id", "retry-after"])
+        def cors(inner: ASGIApp) -> ASGIApp:
+            return CORSMiddleware(inner, allow_origins=list(http.cors_origins), allow_methods=["GET", "POST", "PUT", "DELETE"],
+                                  allow_headers=["authorization", "content-type", "x-correlation-id"],
+                                  expose_headers=["x-correlation-id", "retry-after"])
+
+        app.add_middleware(cors)
     allowed = allowed_hosts(settings)
-    if allowed is not None:
-        app.add_middleware(HostAllowList, allowed=allowed, style_for=style_for)
-    app.add_middleware(CorrelationIdMiddleware)
+    app.front_door = partial(FrontDoor, hot=routes.hot, hosts=HostAllowList(allowed) if allowed is not None else None,
+                             style_for=style_for, exception_handlers=app.exception_handlers,
+                             error_response=error_response, wrap_hot=cors)
     return app
 
 
@@ -212,7 +214,17 @@ def _unexpected_error(style_for: StyleFor) -> Callable[[Request, Exception], Any
     return handle
 
 
-# --- middleware ---------------------------------------------------------------------------------
+# --- the app --------------------------------------------------------------------------------------
+
+
+class SkipperApp(Starlette):
+    """Starlette with the front door (`skipper.core.frontdoor`) in front of its own stack."""
+
+    front_door: Callable[[ASGIApp], ASGIApp] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return self.front_door(stack) if self.front_door is not None else stack
 
 
 def allowed_hosts(settings: Settings) -> list[str] | None:
@@ -220,77 +232,6 @@ def allowed_hosts(settings: Settings) -> list[str] | None:
     if settings.http.allowed_hosts:
         return list(settings.http.allowed_hosts)
     return ["localhost", "127.0.0.1", "::1", "loopback"] if is_loopback(settings.host) else None
-
-
-class HostAllowList:
-    """400 for a `Host` not on the list: a DNS-rebinding page reaches the server under its own name.
-
-    Entries: an exact host name, `*.example.com` for its subdomains, `*` for any host, and
-    `loopback` for every loopback address. The port is ignored.
-    """
-
-    def __init__(self, app: ASGIApp, *, allowed: Sequence[str], style_for: StyleFor) -> None:
-        self.app = app
-        self._any = "*" in allowed
-        self._loopback = "loopback" in allowed
-        self._exact = {h.lower() for h in allowed if not h.startswith("*.")}
-        self._suffixes = tuple(h[1:].lower() for h in allowed if h.startswith("*."))
-        self._style_for = style_for
-
-    def allows(self, host: str) -> bool:
-        name = host.lower()
-        name = name[1:].split("]", 1)[0] if name.startswith("[") else name.rsplit(":", 1)[0] if name.count(":") == 1 else name
-        if self._any or name in self._exact or (self._suffixes and name.endswith(self._suffixes)):
-            return True
-        if self._loopback:
-            try:
-                return ipaddress.ip_address(name).is_loopback
-            except ValueError:
-                return False
-        return False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
-        if self.allows(host):
-            await self.app(scope, receive, send)
-            return
-        error = BadRequest(f"host {host[:100]!r} is not served here; see http.allowed_hosts", details={"host": host[:100]})
-        await error_response(error, self._style_for(scope["path"]))(scope, receive, send)
-
-
-class CorrelationIdMiddleware:
-    """Takes `X-Correlation-ID` from the request (or makes one), exposes it to logs, echoes it back."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        cid = None
-        for name, value in scope["headers"]:
-            if name == CORRELATION_HEADER:
-                given = value.decode("latin-1")
-                cid = given if _CORRELATION_ID.match(given) else None  # it reaches logs and the database
-                break
-        cid = cid or new_id()
-        scope.setdefault("state", {})["correlation_id"] = cid
-        token = correlation_id.set(cid)
-        raw_cid = cid.encode("latin-1")
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", []).append((CORRELATION_HEADER, raw_cid))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            correlation_id.reset(token)
 
 
 def request_correlation_id(request: Request) -> str:

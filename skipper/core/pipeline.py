@@ -32,6 +32,7 @@ from skipper.core.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from skipper.core.frontdoor import HotRoute
 from skipper.core.routing import SKIPPER_ERRORS, Call, Endpoint, ErrorStyle, RouteGroup
 
 
@@ -52,16 +53,25 @@ def error_response(exc: SkipperError, style: ErrorStyle = SKIPPER_ERRORS) -> JSO
     return jsonio.FastJSONResponse(style.render(exc), status_code=exc.status, headers=headers)
 
 
-def build_routes(groups: Sequence[RouteGroup], guard: Guard, options: Options) -> list[Route]:
+@dataclass(frozen=True, slots=True)
+class Routes:
+    """A process's routes: all of them for Starlette, and the prediction routes again for the front door."""
+
+    starlette: list[Route]
+    hot: list[HotRoute]
+
+
+def build_routes(groups: Sequence[RouteGroup], guard: Guard, options: Options) -> Routes:
     """One Starlette route per path, dispatching on the method: a 405 then lists every method the path
     has in `Allow`, not only those of the first route Starlette tried.
 
     In declaration order, except that the prediction routes come first: Starlette tries routes in
     order, and the hot path should not be matched against every service route before its own.
-    (Every route path has literal parts that keep it from matching another's requests.)
+    (Every route path has literal parts that keep it from matching another's requests.) The front
+    door (`skipper.core.frontdoor`) dispatches those same handlers itself, in the same order.
     """
     by_path: dict[str, dict[str, Handler]] = {}
-    hot: set[str] = set()
+    hot: list[HotRoute] = []
     for group in groups:
         for endpoint in group.endpoints:
             path = group.prefix + endpoint.path
@@ -69,9 +79,10 @@ def build_routes(groups: Sequence[RouteGroup], guard: Guard, options: Options) -
             assert endpoint.method not in methods, f"{endpoint.method} {path} is declared twice"
             methods[endpoint.method] = to_handler(endpoint, group, guard, options)
             if endpoint.method == "POST" and endpoint.scope == "predict":
-                hot.add(path)
-    ordered = sorted(by_path.items(), key=lambda item: item[0] not in hot)  # stable: declaration order otherwise
-    return [_route(path, methods) for path, methods in ordered]
+                hot.append(HotRoute(path, methods["POST"]))
+    hot_paths = {route.path for route in hot}
+    ordered = sorted(by_path.items(), key=lambda item: item[0] not in hot_paths)  # stable: declaration order otherwise
+    return Routes([_route(path, methods) for path, methods in ordered], hot)
 
 
 def _route(path: str, methods: dict[str, Handler]) -> Route:
