@@ -107,3 +107,14 @@ def test_the_jit_path_pads_batches_to_compiled_sizes_and_agrees_with_the_plain_o
     many = np.random.default_rng(1).normal(size=(21, 4)).astype(np.float32)
     for rows in (X[:1], X[:3], X, many):
         assert jit.predict(rows) == pytest.approx(plain.predict(rows), rel=1e-4, abs=1e-5)
+
+
+def test_the_graph_call_agrees_with_keras_on_every_batch_size_and_refuses_a_wrong_width() -> None:
+    m = model(dense(1))
+    p = predictor(m, kind="regression")
+    many = np.random.default_rng(2).normal(size=(300, 4))  # float64, and more rows than one model call takes
+    for rows in (X[:1], X, many):
+        expected = np.asarray(m(rows.astype(np.float32), training=False))[:, 0]
+        assert p.predict(rows) == pytest.approx(expected.tolist(), rel=1e-5, abs=1e-6)
+    with pytest.raises(ValueError, match="4 features"):
+        p.predict(np.zeros((2, 3), dtype=np.float32))  # the graph would not check it: the predictor does
