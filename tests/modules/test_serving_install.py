@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tarfile
 from collections.abc import AsyncIterator
@@ -195,3 +196,32 @@ async def test_a_model_with_a_lambda_layer_is_refused_by_keras_safe_mode(tmp_pat
                                 *without(artifacts.MODEL_FILE)]))
     # Then safe mode refuses to deserialize it
     await assert_refused(served, release, data, "could not be loaded")
+
+
+async def test_a_model_is_reported_served_only_once_its_predict_queue_is_consumed(tmp_path: Path) -> None:
+    """`/ready` and the replica view list a model only when a prediction sent at once would reach this server."""
+
+    class SlowAttach(MemoryTransport):  # a broker taking its time to confirm the consumer
+        gate = asyncio.Event()
+
+        async def attach(self, queue: str, handler: Any, *, prefetch: int | None = None) -> None:
+            await self.gate.wait()
+            await super().attach(queue, handler, prefetch=prefetch)
+
+    bus = SlowAttach()
+    module = ServingModule(settings=settings(tmp_path, max_member_bytes=MAX_MEMBER), bus=bus,
+                           events=EventEmitter(bus, "serving"))
+    module.register(bus)
+    await bus.start()
+    try:
+        install = asyncio.create_task(module.install(Release.parse(headers(built(1), version=1, seq=1)), built(1).data))
+        await eventually(lambda: module.loaded("diabetes") is not None)  # loaded, its consumer not yet confirmed
+        assert module.readiness() == {"models": {}}
+        SlowAttach.gate.set()
+        assert await install
+        assert module.readiness() == {"models": {"diabetes": 1}}
+        msg = Message(type=contracts.PREDICT_REQUEST, body={"model": "diabetes", "instances": ROWS})
+        assert len((await bus.request(contracts.predict_queue("diabetes"), msg, timeout=5)).data["predictions"]) == 3
+    finally:
+        await module.stop()
+        await bus.close()

@@ -46,6 +46,7 @@ class Loaded:
     batcher: Batcher
     directory: Path
     footprint: Footprint
+    served: Any  # this model's child of the SERVED counter: one `labels()` lookup per version, not per request
 
     @property
     def version(self) -> int:
@@ -76,6 +77,7 @@ class ServingModule(Module):
         self._refused: set[tuple[str, str, int]] = set()  # (model, sha256, seq) installs rejected: not retried
         self._background: set[asyncio.Task[None]] = set()
         self._attached: set[str] = set()  # models whose predict queue this server consumes
+        self._attaching: set[str] = set()  # ... of which the broker has not confirmed the consumer yet
         self._ready = False
         self._draining = False
 
@@ -118,8 +120,12 @@ class ServingModule(Module):
         return {"models": self.versions()}
 
     def versions(self) -> dict[str, int]:
-        """The version of each model this server serves now."""
-        return {name: loaded.version for name, loaded in self._models.items()}
+        """The version of each model this server serves now: loaded, and its predict queue consumed.
+
+        (A model whose consumer the broker has not confirmed yet is left out: a client that saw it
+        in `/ready` and predicted at once would be told nobody serves it.)
+        """
+        return {name: loaded.version for name, loaded in self._models.items() if name not in self._attaching}
 
     def loaded(self, model: str) -> Loaded | None:
         """What serves `model` now, if anything."""
@@ -168,7 +174,7 @@ class ServingModule(Module):
             await self._events.emit(EventKind.PREDICT_FAILED, correlation_id=msg.correlation_id, model=name,
                                     version=loaded.version, error=f"{type(exc).__name__}: {exc}")
             raise
-        SERVED.labels(name).inc()
+        loaded.served.inc()
         return msg.reply(PredictReply(predictions, name, loaded.version).to_body())
 
     # --- model distribution --------------------------------------------------------------
@@ -267,7 +273,8 @@ class ServingModule(Module):
         old = self._models.get(release.model)
         # The swap: one reference assignment on the loop. Requests that already looked up
         # `old` finish on it; every later lookup sees the new version.
-        self._models[release.model] = Loaded(release, prepared.predictor, batcher, prepared.directory, needs)
+        self._models[release.model] = Loaded(release, prepared.predictor, batcher, prepared.directory, needs,
+                                             SERVED.labels(release.model))
         SERVED_VERSION.labels(release.model).set(release.version)
         QUEUED_ROWS.labels(release.model).set_function(lambda: batcher.queued_rows)  # read at scrape time
         if old is not None:
@@ -280,6 +287,7 @@ class ServingModule(Module):
         if model in self._attached or self._draining:
             return
         self._attached.add(model)
+        self._attaching.add(model)
         serving = self._settings.serving
         # Many requests in flight at once is what lets the batcher merge them.
         prefetch = max(self._settings.bus.prefetch, 2 * serving.max_batch_size)
@@ -287,6 +295,8 @@ class ServingModule(Module):
             await self._bus.attach(contracts.predict_queue(model), self.on_predict, prefetch=prefetch)
         except SkipperError as exc:  # registered all the same: it starts when the broker is back
             log.warning("predict requests for %s will be taken once the broker is back: %s", model, exc)
+        finally:
+            self._attaching.discard(model)
 
     async def _retire(self, old: Loaded) -> None:
         """Release a swapped-out version once its last requests are answered: nothing may keep a reference."""
