@@ -107,13 +107,13 @@ class FrontDoor:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = None
-        host = ""
+        given = host = None  # the first of each, as Starlette's `request.headers` reads them
         for name, value in scope["headers"]:
-            if name == b"host":
+            if name == b"host" and host is None:
                 host = value.decode("latin-1")
             elif name == CORRELATION_HEADER and given is None:
                 given = value.decode("latin-1")
+        host = host or ""
         cid = given if given is not None and _CORRELATION_ID.match(given) else new_id()  # it reaches logs and the database
         scope.setdefault("state", {})["correlation_id"] = cid
         token = correlation_id.set(cid)

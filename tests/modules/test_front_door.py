@@ -112,6 +112,9 @@ async def test_a_prediction_from_a_host_not_served_here_is_refused() -> None:
         assert refused.headers["x-correlation-id"] == "req-1"
         refused = await http.post("/v9/iris:predict", json={}, headers={"host": "evil.example"})
         assert refused.status_code == 400 and "allowed_hosts" in refused.json()["error"]
+        # two Host headers: the first decides, as it does for the cross-site check that compares Origin with it
+        twice = [("host", "evil.example"), ("host", "127.0.0.1"), ("content-type", "application/json")]
+        assert (await http.post("/api/v1/skipper/iris:predict", content=b"{}", headers=twice)).status_code == 400
 
 
 async def test_with_cors_configured_a_prediction_from_a_listed_origin_is_answered_with_cors_headers() -> None:
