@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -89,14 +89,8 @@ class TaskRepository:
 
     def claim(self, task_id: str) -> bool:
         """Mark a task running for a new attempt; False if it is finished or cancelled."""
-        with self._db.sessions.begin() as s:
-            row = self._row(s, task_id, lock=True)
-            if row.status in TERMINAL:
-                return False
-            row.status = "running"
-            row.attempts += 1
-            row.started_at = row.started_at or utcnow()
-            return True
+        return self._unless_terminal(task_id, status="running", attempts=TaskRow.attempts + 1,
+                                     started_at=func.coalesce(TaskRow.started_at, utcnow()))
 
     def progress(self, task_id: str, progress: dict[str, Any]) -> bool:
         with self._db.sessions.begin() as s:
@@ -110,12 +104,22 @@ class TaskRepository:
                error: dict[str, Any] | None = None) -> bool:
         """Move a task to a terminal status; False (and no change) if it already is terminal."""
         assert status in TERMINAL, status
+        return self._unless_terminal(task_id, status=status, result=result, error=error, finished_at=utcnow())
+
+    def _unless_terminal(self, task_id: str, **values: Any) -> bool:
+        """Set `values` on a task that is not finished, in one conditional UPDATE; False if it is.
+
+        One statement, not a read then a write: SQLite takes its write lock only at the write, so a
+        cancel landing between a claim's read and its write was overwritten by "running" (and the
+        other way round); a conditional UPDATE is atomic on SQLite and PostgreSQL alike.
+        """
         with self._db.sessions.begin() as s:
-            row = self._row(s, task_id, lock=True)
-            if row.status in TERMINAL:
-                return False
-            row.status, row.result, row.error, row.finished_at = status, result, error, utcnow()
-            return True
+            changed = s.execute(update(TaskRow).where(TaskRow.id == task_id, TaskRow.status.not_in(TERMINAL))
+                                .values(**values).execution_options(synchronize_session=False))
+            if changed.rowcount:  # type: ignore[attr-defined]
+                return True
+            self._row(s, task_id)  # NotFound when there is no such task
+            return False
 
     @staticmethod
     def _row(s: Session, task_id: str, *, lock: bool = False) -> TaskRow:

@@ -65,6 +65,31 @@ def test_a_redelivered_task_counts_its_attempts_and_a_cancelled_one_is_not_claim
     assert tasks.claim("t3") is False
 
 
+def test_a_cancel_racing_the_trainers_claim_is_never_overwritten(database: Database) -> None:
+    """A DELETE that lands as a trainer claims the task: one of them wins, and the winner's status stays."""
+    tasks = TaskRepository(database)
+    outcomes: dict[str, bool] = {}
+    for i in range(60):
+        task_id = f"race-{i}"
+        tasks.create(task_id, "diabetes", {}, "c")
+        start = threading.Barrier(2)
+
+        def run(name: str, step: object, task_id: str = task_id, start: threading.Barrier = start) -> None:
+            start.wait()
+            outcomes[name] = step()  # type: ignore[operator]
+
+        threads = [threading.Thread(target=run, args=("claim", lambda t=task_id: tasks.claim(t))),
+                   threading.Thread(target=run, args=("cancel", lambda t=task_id: tasks.finish(t, "cancelled")))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        status = tasks.get(task_id).status
+        assert outcomes["cancel"] is True, "a task not yet finished can always be cancelled"
+        assert status == "cancelled", (i, outcomes, status)  # a claim after the cancel changed nothing
+        assert outcomes["claim"] is (tasks.get(task_id).attempts == 1)
+
+
 def test_tasks_list_filters_and_pages(database: Database) -> None:
     tasks = TaskRepository(database)
     for i in range(5):
