@@ -100,13 +100,40 @@ def test_a_model_that_contradicts_its_metadata_is_rejected(head: tuple[int, str 
         predictor(model(dense(*head)), **metadata)
 
 
-def test_the_jit_path_pads_batches_to_compiled_sizes_and_agrees_with_the_plain_one() -> None:
+def test_the_jit_path_compiles_each_batch_size_in_the_background_and_agrees_with_the_plain_one() -> None:
     m = model(dense(1))
     jit = predictor(m, ServingSettings(jit_compile=True, max_batch_size=8), kind="regression")
-    plain = predictor(m, kind="regression")
+    plain = predictor(m, ServingSettings(jit_compile=False), kind="regression")
+    assert plain.xla is None and jit.xla is not None
     many = np.random.default_rng(1).normal(size=(21, 4)).astype(np.float32)
-    for rows in (X[:1], X[:3], X, many):
+    batches = (X[:1], X[:3], X, many)
+    for rows in batches:  # the first batch of each size runs the plain graph and queues that size's compile
         assert jit.predict(rows) == pytest.approx(plain.predict(rows), rel=1e-4, abs=1e-5)
+    assert jit.xla.settle(timeout=60)
+    assert jit.xla.enabled
+    assert set(jit.xla.adopted) <= {1, 4, 8}  # 3 rows pad to 4, 5 to 8, and 21 go as 8 + 8 + 5
+    for rows in batches:  # now through XLA wherever it was faster
+        assert jit.predict(rows) == pytest.approx(plain.predict(rows), rel=1e-4, abs=1e-5)
+
+
+def test_a_model_xla_cannot_compile_is_served_by_the_plain_graph(caplog: pytest.LogCaptureFixture) -> None:
+    import keras
+    import tensorflow as tf
+
+    class HostOp(keras.layers.Layer):  # an op that runs Python on the host: XLA cannot compile it
+        def call(self, x: Any) -> Any:
+            y = tf.numpy_function(lambda a: (a * 2).astype(np.float32), [x], tf.float32)
+            return tf.reshape(y, tf.shape(x))
+
+    inputs = keras.Input((4,))
+    m = keras.Model(inputs, keras.layers.Dense(1)(HostOp()(inputs)))
+    p = predictor(m, ServingSettings(jit_compile=True, max_batch_size=8), kind="regression")
+    expected = np.asarray(m(X, training=False))[:, 0].tolist()
+    assert p.predict(X) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert p.xla is not None and p.xla.settle(timeout=60)
+    assert not p.xla.enabled and p.xla.adopted == []
+    assert any("cannot compile" in r.getMessage() for r in caplog.records)
+    assert p.predict(X) == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
 def test_the_graph_call_agrees_with_keras_on_every_batch_size_and_refuses_a_wrong_width() -> None:

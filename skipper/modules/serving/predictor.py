@@ -7,8 +7,10 @@ small model's call, most is TensorFlow's own Python: a `tf.function` call looks 
 (hashing the argument's type) and binds the argument to the signature each time, ~150 us of CPU.
 The predictor therefore calls the traced graph itself, its concrete function's `_call_flat`
 with a float32 tensor it already checked, which is ~2x cheaper per call; a TensorFlow without
-that (private) method gets the public concrete-function call. TensorFlow is imported only when
-a predictor is built, never when the serving package is imported.
+that (private) method gets the public concrete-function call. With `serving.jit_compile` (the
+default) each batch size is also compiled by XLA in the background and used where it is faster
+(`xla.py`). TensorFlow is imported only when a predictor is built, never when the serving
+package is imported.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from skipper.core.errors import ArtifactRejected, ConfigError
 from skipper.core.imports import resolve
 from skipper.core.settings import ServingSettings, Settings
+from skipper.modules.serving.xla import XlaSizes
 
 DEFAULT_PREDICTOR = "skipper.modules.serving.predictor:KerasPredictor"
 
@@ -75,12 +78,13 @@ class _Head:
 
 
 class KerasPredictor:
-    """Serves a Keras model through a traced `tf.function` (`[None, n_features]` float32)."""
+    """Serves a Keras model through a traced `tf.function` (`[None, n_features]` float32), and XLA where it pays."""
 
     def __init__(self, model: Any, metadata: dict[str, Any], settings: ServingSettings) -> None:
         import tensorflow as tf
 
         self._model = model
+        self._name = str(metadata.get("name") or "the model")
         self.kind = str(metadata.get("kind", "regression"))
         if self.kind not in ("regression", "classification"):
             raise ArtifactRejected(f"unknown model kind {self.kind!r}")
@@ -91,10 +95,10 @@ class KerasPredictor:
         self._declared_output = metadata.get("output")
         self._logits = self._declared_output == "logits"
         self._max_rows = settings.max_batch_size
-        # XLA compiles once per concrete batch size, so with jit batches are padded to powers of two.
-        self._buckets = _buckets(settings.max_batch_size) if settings.jit_compile else ()
+        self._jit = settings.jit_compile
         self._heads: list[_Head] = []
         self._call: Callable[[np.ndarray], Any] = lambda rows: self._fn(rows)  # until warm_up: the checked call
+        self.xla: XlaSizes | None = None  # with jit_compile, set by warm_up
         targets = self.targets
 
         def forward(x: Any) -> Any:
@@ -107,18 +111,19 @@ class KerasPredictor:
             cols = [tf.reshape(tf.cast(t, tf.float32), [tf.shape(t)[0], -1]) for t in flat]
             return cols[0] if len(cols) == 1 else tf.concat(cols, axis=1)
 
-        self._fn = tf.function(
-            forward,
-            input_signature=[tf.TensorSpec([None, self.n_features], tf.float32)],
-            jit_compile=settings.jit_compile,
-        )
+        signature = [tf.TensorSpec([None, self.n_features], tf.float32)]
+        self._fn = tf.function(forward, input_signature=signature)
+        self._xla_fn = tf.function(forward, input_signature=signature, jit_compile=True) if self._jit else None
 
     # --- public ------------------------------------------------------------------------
 
     def warm_up(self) -> None:
         self._call = _graph_call(self._fn.get_concrete_function())
-        for size in self._buckets or (1,):
-            out = self._raw(np.zeros((size, self.n_features), dtype=np.float32))
+        out = self._raw(np.zeros((1, self.n_features), dtype=np.float32))
+        xla_fn = self._xla_fn
+        if xla_fn is not None:  # compiled in the background, size by size, as batches come (see xla.py)
+            self.xla = XlaSizes(lambda: _graph_call(xla_fn.get_concrete_function()), self._call,
+                                n_features=self.n_features, max_rows=self._max_rows, name=self._name)
         self._heads = self._layout(out.shape[1])
         if self.kind == "classification" and self._declared_output is None:
             # No declaration: decide once, on a deterministic probe, whether heads emit logits.
@@ -147,16 +152,19 @@ class KerasPredictor:
     # --- internals -----------------------------------------------------------------------
 
     def _raw(self, rows: np.ndarray) -> np.ndarray:
-        n = rows.shape[0]
-        if self._buckets and n:
-            size = next((b for b in self._buckets if b >= n), n)
-            if size != n:
-                rows = np.concatenate([rows, np.zeros((size - n, rows.shape[1]), dtype=rows.dtype)])
-        if rows.ndim != 2 or rows.shape[1] != self.n_features:  # the graph call below trusts its input's shape
+        if rows.ndim != 2 or rows.shape[1] != self.n_features:  # the graph calls below trust their input's shape
             raise ValueError(f"expected rows of {self.n_features} features, got an array of shape {rows.shape}")
         if rows.dtype != np.float32:
             rows = rows.astype(np.float32)
-        out: np.ndarray = self._call(rows).numpy()
+        n = rows.shape[0]
+        fast = self.xla.call_for(n) if self.xla is not None and n else None
+        if fast is None:
+            out: np.ndarray = self._call(rows).numpy()
+            return out
+        size, call = fast
+        if size != n:  # XLA compiled this bucket's shape: pad up to it
+            rows = np.concatenate([rows, np.zeros((size - n, rows.shape[1]), dtype=np.float32)])
+        out = call(rows).numpy()
         return out[:n]
 
     def _layout(self, width: int) -> list[_Head]:
@@ -234,13 +242,6 @@ def _labels(classes: Any) -> tuple[str, ...] | None:
     if not isinstance(classes, list) or len(classes) < 2:
         raise ArtifactRejected(f"classes must be a list of at least two labels, got {classes!r}")
     return tuple(str(c) for c in classes)
-
-
-def _buckets(max_rows: int) -> tuple[int, ...]:
-    sizes = [1]
-    while sizes[-1] < max_rows:
-        sizes.append(min(sizes[-1] * 2, max_rows))
-    return tuple(sizes)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
