@@ -86,7 +86,7 @@ class ServingSettings(_Section):
     max_wait_ms: float = Field(2.0, ge=0)
     max_artifact_bytes: int = Field(512 * 1024 * 1024, ge=1)
     max_member_bytes: int = Field(512 * 1024 * 1024, ge=1)
-    jit_compile: bool = True  # XLA for the batch sizes where it is faster, compiled in the background
+    jit_compile: bool = False  # True: XLA for the batch sizes where it is faster, compiled in the background
     catch_up_timeout_s: float = Field(30.0, gt=0)
     max_queued_rows: int = Field(8192, ge=1)  # per model; past it predictions are shed with 503 + Retry-After
     resync_s: float = Field(30.0, gt=0)  # how often a server re-checks the registry's production versions

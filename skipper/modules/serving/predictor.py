@@ -7,10 +7,10 @@ small model's call, most is TensorFlow's own Python: a `tf.function` call looks 
 (hashing the argument's type) and binds the argument to the signature each time, ~150 us of CPU.
 The predictor therefore calls the traced graph itself, its concrete function's `_call_flat`
 with a float32 tensor it already checked, which is ~2x cheaper per call; a TensorFlow without
-that (private) method gets the public concrete-function call. With `serving.jit_compile` (the
-default) each batch size is also compiled by XLA in the background and used where it is faster
-(`xla.py`). TensorFlow is imported only when a predictor is built, never when the serving
-package is imported.
+that (private) method gets the public concrete-function call. With `serving.jit_compile` (off by
+default: results move in the last float32 digits when a size switches) each batch size is also
+compiled by XLA in the background and used where it is faster (`xla.py`). TensorFlow is
+imported only when a predictor is built, never when the serving package is imported.
 """
 
 from __future__ import annotations
