@@ -121,9 +121,7 @@ class FrontDoor:
             if self._hosts is not None and not self._hosts.allows(host):
                 error = BadRequest(f"host {host[:100]!r} is not served here; see http.allowed_hosts",
                                    details={"host": host[:100]})
-                response = self._error_response(error, self._style_for(scope["path"]))
-                response.raw_headers.append((CORRELATION_HEADER, cid.encode("latin-1")))
-                await response(scope, receive, send)
+                await _echo_id(self._error_response(error, self._style_for(scope["path"])), scope)(scope, receive, send)
             elif scope["method"] == "POST" and not scope.get("root_path") and self._route(scope):
                 await self._hot_app(scope, receive, send)
             else:
@@ -147,8 +145,7 @@ class FrontDoor:
             response = await scope["skipper.handler"](request)
         except Exception as exc:
             response = await self._answer(request, exc, send)
-        response.raw_headers.append((CORRELATION_HEADER, scope["state"]["correlation_id"].encode("latin-1")))
-        await response(scope, receive, send)
+        await _echo_id(response, scope)(scope, receive, send)
 
     async def _answer(self, request: Request, exc: Exception, send: Send) -> Response:
         for cls in type(exc).__mro__:
@@ -157,10 +154,14 @@ class FrontDoor:
         handler = self._handlers.get(Exception)
         if handler is None:
             raise exc
-        response = await handler(request, exc)
-        response.raw_headers.append((CORRELATION_HEADER, request.scope["state"]["correlation_id"].encode("latin-1")))
-        await response(request.scope, request.receive, send)
+        await _echo_id(await handler(request, exc), request.scope)(request.scope, request.receive, send)
         raise exc
+
+
+def _echo_id(response: Response, scope: Scope) -> Response:
+    """`response` with the request's correlation id in its headers."""
+    response.raw_headers.append((CORRELATION_HEADER, scope["state"]["correlation_id"].encode("latin-1")))
+    return response
 
 
 def _with_header(send: Send, header: tuple[bytes, bytes]) -> Send:
