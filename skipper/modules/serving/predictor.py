@@ -95,7 +95,6 @@ class KerasPredictor:
         self._declared_output = metadata.get("output")
         self._logits = self._declared_output == "logits"
         self._max_rows = settings.max_batch_size
-        self._jit = settings.jit_compile
         self._heads: list[_Head] = []
         self._call: Callable[[np.ndarray], Any] = lambda rows: self._fn(rows)  # until warm_up: the checked call
         self.xla: XlaSizes | None = None  # with jit_compile, set by warm_up
@@ -113,7 +112,7 @@ class KerasPredictor:
 
         signature = [tf.TensorSpec([None, self.n_features], tf.float32)]
         self._fn = tf.function(forward, input_signature=signature)
-        self._xla_fn = tf.function(forward, input_signature=signature, jit_compile=True) if self._jit else None
+        self._xla_fn = tf.function(forward, input_signature=signature, jit_compile=True) if settings.jit_compile else None
 
     # --- public ------------------------------------------------------------------------
 
