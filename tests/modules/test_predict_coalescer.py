@@ -96,3 +96,29 @@ async def test_a_cancelled_caller_does_not_break_the_others(pipeline: int) -> No
     doomed.cancel()
     assert (await first)["predictions"] == [10.0]
     assert (await survivor)["predictions"] == [30.0]
+
+
+async def test_a_lone_request_is_sent_from_its_own_task_and_the_pipeline_bound_still_holds() -> None:
+    bus = FakeBus(delay=0.02)
+    senders: list[asyncio.Task[Any] | None] = []
+    send = bus.send
+
+    async def recording_send(model: str, rows: list[list[float]], correlation_id: str,
+                             version: int | None = None) -> dict[str, Any]:
+        senders.append(asyncio.current_task())
+        return await send(model, rows, correlation_id, version)
+
+    coalescer = PredictCoalescer(recording_send, max_rows=64, pipeline=2)
+    lone = asyncio.create_task(coalescer.predict("m", [[1.0]], "c"))
+    assert (await lone)["predictions"] == [10.0]
+    assert senders == [lone]  # no hand-over to a drain task
+
+    # Two slots: the first two go out alone at once, the rest wait and go out merged, in order.
+    callers = [asyncio.create_task(coalescer.predict("m", [[float(i)]], "c")) for i in range(10)]
+    replies = await asyncio.gather(*callers)
+    assert [r["predictions"] for r in replies] == [[i * 10.0] for i in range(10)]
+    assert bus.max_in_flight <= 2
+    assert bus.sent[1:3] == [[[0.0]], [[1.0]]]
+    assert senders[1:3] == callers[:2]
+    assert sorted(row[0] for rows in bus.sent[3:] for row in rows) == [float(i) for i in range(2, 10)]
+    assert len(bus.sent) < 11
