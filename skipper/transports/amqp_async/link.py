@@ -11,7 +11,7 @@ import pika
 import pika.exceptions
 
 from skipper.core.errors import Unavailable
-from skipper.transports.rabbitmq.channel import RPC_TIMEOUT_S, Channel, Connection
+from skipper.transports.amqp_async.channel import RPC_TIMEOUT_S, Channel, Connection
 
 CONNECT_TIMEOUT_S = 10.0
 SPARE_CHANNELS = 4

@@ -78,11 +78,12 @@ Broker configuration note: RabbitMQ closes a channel whose delivery stays unacke
 than its `consumer_timeout` (30 minutes by default); set it above the longest training run
 (`bus.time_limit_s`), or the run is redelivered while it is still going.
 
-Files, one concern each: `wire.py` (the message format), `channel.py` (pika channels and RPCs as
-futures), `link.py` (one connection and its caches), `topology.py` (declares, confirmed
+Files, one concern each: `wire.py` (the message format), `topology.py` (declares, confirmed
 publishes, consumer counts), `consumers.py` (consumers and subscribers on a link), `work.py`
 (running work deliveries and settling their outcome: the held-redelivery guarantee), and
-`transport.py` (the base class's hooks, connect / reconnect / close, replies).
+`transport.py` (the base class's hooks, connect / reconnect / close, replies). pika channels and
+RPCs as futures (`Channel`) and one connection with its caches (`Link`) are in
+`skipper.transports.amqp_async`, shared with the Dramatiq transport's RabbitMQ side channel.
 """
 
 from __future__ import annotations

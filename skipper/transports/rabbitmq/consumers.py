@@ -18,8 +18,8 @@ import pika.exceptions
 
 from skipper.core.bus import Subscription
 from skipper.core.errors import Unavailable
-from skipper.transports.rabbitmq.channel import Channel, rpc
-from skipper.transports.rabbitmq.link import Link
+from skipper.transports.amqp_async.channel import Channel, rpc
+from skipper.transports.amqp_async.link import Link
 from skipper.transports.rabbitmq.wire import decode
 from skipper.transports.rabbitmq.work import Consumer
 

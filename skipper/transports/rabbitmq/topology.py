@@ -13,8 +13,8 @@ from typing import Any
 
 from skipper.core.errors import Unavailable
 from skipper.core.messages import Message
-from skipper.transports.rabbitmq.channel import Channel, ChannelGone, Unroutable, rpc
-from skipper.transports.rabbitmq.link import Link
+from skipper.transports.amqp_async.channel import Channel, ChannelGone, Unroutable, rpc
+from skipper.transports.amqp_async.link import Link
 from skipper.transports.rabbitmq.wire import encode
 
 PRESENCE_TTL_S = 1.0  # how long a positive consumer count is trusted without a new check

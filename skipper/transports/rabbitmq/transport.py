@@ -17,9 +17,9 @@ import pika
 from skipper.core.bus import BusOptions, Handler, Subscription, Transport
 from skipper.core.errors import NoConsumers, Unavailable
 from skipper.core.messages import Message
-from skipper.transports.rabbitmq.channel import RPC_TIMEOUT_S, rpc
+from skipper.transports.amqp_async.channel import RPC_TIMEOUT_S, rpc
+from skipper.transports.amqp_async.link import CONNECT_TIMEOUT_S, Link
 from skipper.transports.rabbitmq.consumers import Binding, cancel_consumer, start_consumer, start_subscriber
-from skipper.transports.rabbitmq.link import CONNECT_TIMEOUT_S, Link
 from skipper.transports.rabbitmq.topology import Topology
 from skipper.transports.rabbitmq.wire import decode, encode
 from skipper.transports.rabbitmq.work import Consumer, WorkDeliveries

@@ -30,8 +30,8 @@ from skipper.core import contracts
 from skipper.core.bus import Handler, HandlerOutcome
 from skipper.core.errors import Unavailable
 from skipper.core.messages import Message
-from skipper.transports.rabbitmq.channel import Channel
-from skipper.transports.rabbitmq.link import Link
+from skipper.transports.amqp_async.channel import Channel
+from skipper.transports.amqp_async.link import Link
 from skipper.transports.rabbitmq.wire import decode, encode
 
 if TYPE_CHECKING:
