@@ -22,10 +22,11 @@ from dramatiq.middleware import Retries
 
 from skipper.core import contracts
 from skipper.core.bus import BusOptions
-from skipper.core.errors import ConfigError, NoConsumers, RequestTimeout
+from skipper.core.errors import ConfigError, NoConsumers, RequestTimeout, Unavailable
 from skipper.core.messages import Message, new_id
 from skipper.transports.dramatiq import DramatiqTransport, SkipperEncoder
 from tests.conftest import eventually, holds_for
+from tests.drops import drop_rabbitmq, require_rabbitmqctl
 from tests.services import RABBITMQ_URL, REDIS_URL
 from tests.transports.factory_dramatiq import URLS, build, close_and_clean, require
 
@@ -443,3 +444,49 @@ def test_each_transport_owns_its_broker_and_namespaced_actors_and_leaves_the_glo
 def test_a_broker_url_that_is_neither_amqp_nor_redis_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         DramatiqTransport(BusOptions(), url="kafka://127.0.0.1:9092")
+
+
+async def test_the_rabbitmq_side_channel_closed_by_the_broker_fails_requests_in_flight_then_comes_back() -> None:
+    # Requests, replies and fanout ride the side connection (`<role>:dramatiq-side`), beside Dramatiq's own.
+    require("rabbitmq")
+    require_rabbitmqctl()
+    maker = _Make("rabbitmq")
+    server, client = maker(role="server"), maker(role="api")
+    release = asyncio.Event()
+    news: list[Any] = []
+
+    async def answer(msg: Message) -> Message:
+        if msg.data.get("hold"):
+            await release.wait()
+        return msg.reply({"n": msg.data["n"]})
+
+    async def on_news(msg: Message) -> None:
+        news.append(msg.data["n"])
+
+    server.consume("rpc", answer)
+    client.subscribe("news", on_news)
+    try:
+        await server.start()
+        await client.start()
+        assert (await client.request("rpc", Message(type="q", body={"n": 1}), timeout=5)).data == {"n": 1}
+
+        # When the broker closes both side connections while a request waits for its reply
+        held = asyncio.create_task(client.request("rpc", Message(type="q", body={"n": 2, "hold": True}), timeout=30))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        assert await asyncio.to_thread(drop_rabbitmq, f"skipper:{maker.namespace}:api:dramatiq-side") == 1
+        assert await asyncio.to_thread(drop_rabbitmq, f"skipper:{maker.namespace}:server:dramatiq-side") == 1
+        # Then the request hears it at once (its reply address went with the connection), not at its timeout
+        with pytest.raises(Unavailable):
+            await held
+        assert time.monotonic() - started < 5
+        release.set()
+
+        # And both come back by themselves: requests and fanout flow again
+        await eventually(lambda: client.connected and server.connected, timeout=15)
+        reply = await client.request("rpc", Message(type="q", body={"n": 3}), timeout=5)
+        assert reply.data == {"n": 3}
+        await server.publish("news", Message(type="n", body={"n": 4}))
+        await eventually(lambda: news == [4])
+    finally:
+        await close_and_clean("rabbitmq", maker.built)

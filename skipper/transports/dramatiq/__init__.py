@@ -26,7 +26,7 @@ needs a spare thread. Each transport owns its broker, actors and worker; nothing
 `dramatiq.set_broker`.
 
 Requests and fanout are built beside Dramatiq on the same broker, over a `SideChannel`
-(`side.py`, the declared interface): `AmqpSide` (pika, one connection in one thread) or
+(`side.py`, the declared interface): `AmqpSide` (pika's asyncio adapter on the loop) or
 `RedisSide` (redis.asyncio on the loop). A side channel reports back only through a
 `SideListener`, which hands replies and events to the base class's public hooks.
 

@@ -7,37 +7,43 @@ the queue exists exactly while someone consumes it and a request nobody takes co
 `NoConsumers` with no separate check. It carries `reply_to` naming this transport's exclusive
 reply queue and expires with its timeout. Fanout is a fanout exchange `<ns>.fanout.<topic>`
 with one exclusive queue per subscribing transport.
+
+pika's asyncio adapter runs on the transport's event loop (`skipper.transports.amqp_async`, as
+the RabbitMQ transport does): a request, its delivery and its reply never cross a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import itertools
 import logging
-import threading
+import random
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pika
 import pika.exceptions
 
 from skipper.core.bus import BusOptions
 from skipper.core.errors import Unavailable
+from skipper.core.messages import message_id
+from skipper.transports.amqp_async import CONNECT_TIMEOUT_S, RPC_TIMEOUT_S, Channel, ChannelGone, Link, Unroutable, rpc
 from skipper.transports.dramatiq.side import ATTACH_TIMEOUT_S, SideListener
 
 log = logging.getLogger("skipper.transports.dramatiq")
 
-T = TypeVar("T")
+RECONNECT_FIRST_S = 0.1
 
 
 class AmqpSide:
-    """Fanout, replies and consumer counts on one pika connection owned by one thread.
+    """Fanout, replies and consumer counts on one pika connection driven by the event loop.
 
-    pika's BlockingConnection is not thread-safe: every operation is handed to that thread
-    with `add_callback_threadsafe` and awaited through a future. The thread reconnects with
-    backoff and re-declares its reply queue and subscriptions.
+    The link's publisher channel (confirm mode) carries requests and fanout; its rpc channel
+    consumes this transport's reply queue and carries replies (no confirms: a lost reply is a
+    timeout anyway); each served queue's requests arrive on a channel of their own, with the
+    queue's prefetch. A lost connection is rebuilt with backoff, subscriptions and served queues
+    with it.
     """
 
     presence_on_send = True  # a mandatory publish finds out that nobody consumes the queue
@@ -49,32 +55,28 @@ class AmqpSide:
         self._params = pika.URLParameters(url)
         self._params.heartbeat = options.heartbeat_s
         self._params.client_properties = {"connection_name": options.client_name("dramatiq-side")}
+        self._params.connection_attempts = 1
+        self._params.socket_timeout = 5.0
+        self._params.stack_timeout = CONNECT_TIMEOUT_S
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-        self._conn: Any = None
-        self._channel: Any = None
-        self._probe: Any = None
+        self._link: Link | None = None
         self._reply_queue: str | None = None
         self._topics: set[str] = set()
-        self._bound: set[str] = set()
-        self._exchanges: set[str] = set()
         self._known_exchanges: set[str] = set()
-        self._calls: set[concurrent.futures.Future[Any]] = set()
-        self._replies: Any = None  # a channel without confirms: a lost reply is a timeout anyway
         self._serving: set[str] = set()  # queues whose requests this process takes
         self._prefetch = prefetch
-        # On the connection's thread: queue -> its request channel; channel -> deliveries in hand.
-        self._request_channels: dict[str, Any] = {}
-        self._in_hand: dict[Any, int] = {}
-        self._cancelled: set[Any] = set()
-        self._ready = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # On the current link: served queue -> its request channel; channel -> deliveries in hand.
+        self._request_channels: dict[str, Channel] = {}
+        self._starting: set[str] = set()
+        self._in_hand: dict[Channel, int] = {}
+        self._cancelled: set[Channel] = set()
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._connecting = False
+        self._closed = False
 
     @property
     def connected(self) -> bool:
-        conn = self._conn
-        return conn is not None and conn.is_open
+        return self._link is not None and self._link.is_open
 
     def exchanges(self) -> set[str]:
         return set(self._known_exchanges)
@@ -82,39 +84,56 @@ class AmqpSide:
     def _exchange(self, topic: str) -> str:
         return f"{self._options.namespace}.fanout.{topic}"
 
+    # --- the SideChannel interface -----------------------------------------------------------
+
     async def start(self, loop: asyncio.AbstractEventLoop, *, topics: list[str]) -> None:
         self._loop = loop
         self._topics.update(topics)
-        self._thread = threading.Thread(target=self._run, name="skipper-dramatiq-amqp", daemon=True)
-        self._thread.start()
         # Its first connection shares a loaded machine with Dramatiq's consumer threads starting too.
-        if not await asyncio.to_thread(self._ready.wait, ATTACH_TIMEOUT_S):
-            await self.close()
-            raise Unavailable(f"cannot reach RabbitMQ at {self._params.host}:{self._params.port}")
+        deadline = loop.time() + ATTACH_TIMEOUT_S
+        for attempt in itertools.count():
+            try:
+                await self._connect()
+                return
+            except Exception as exc:
+                delay = self._backoff(attempt)
+                if self._closed or loop.time() + delay > deadline:
+                    raise Unavailable(f"cannot reach RabbitMQ at {self._params.host}:{self._params.port}: {exc!r}") from exc
+                log.warning("RabbitMQ side channel cannot connect (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
 
     async def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 10)
+        self._closed = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnect_task
+        link, self._link = self._link, None
+        if link is not None:
+            link.abort()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(link.closed), RPC_TIMEOUT_S)
 
     async def withdraw(self) -> None:
         """Stop taking requests (RabbitMQ drops Dramatiq's consumers when their channels close)."""
         queues, self._serving = list(self._serving), set()
-        with contextlib.suppress(Unavailable):
-            await self._submit(lambda: self._each(self._stop_serving, queues))
+        for queue in queues:
+            await self._stop_serving(queue)
 
     async def withdraw_queue(self, queue: str) -> None:
         """Stop taking requests for `queue`; those in hand are still answered."""
         self._serving.discard(queue)
-        with contextlib.suppress(Unavailable):
-            await self._submit(lambda: self._stop_serving(queue))
+        await self._stop_serving(queue)
 
     async def consumers_attached(self, queues: list[str], *, wait: bool = True) -> None:
         """Take `queues`' requests from now on; with `wait`, also wait until the broker counts
         Dramatiq's consumer on each (Dramatiq attaches them in threads)."""
         self._serving.update(queues)
-        with contextlib.suppress(Unavailable):  # the reconnect serves them
-            await self._submit(lambda: self._each(self._serve, queues))
+        link = self._link
+        if link is not None and link.is_open:
+            with contextlib.suppress(Unavailable):  # the reconnect serves them
+                for queue in queues:
+                    await self._serve(link, queue)
         if not wait:
             return
         deadline = time.monotonic() + ATTACH_TIMEOUT_S
@@ -131,218 +150,241 @@ class AmqpSide:
         return self._reply_queue
 
     async def has_consumers(self, queue: str) -> bool:
-        return await self._submit(lambda: self._consumer_count(queue)) > 0
+        link = self._require()
+        channel = await link.borrow()
+        try:
+            frame = await rpc(channel, lambda cb: channel.raw.queue_declare(queue, passive=True, callback=cb))
+            return int(frame.method.consumer_count) > 0
+        except ChannelGone as gone:
+            if gone.reply_code != 404:
+                raise
+            return False  # the queue does not exist: nobody consumes it
+        finally:
+            link.give_back(channel)
 
     async def send_request(self, queue: str, frame: bytes, *, timeout: float) -> bool:
-        props = pika.BasicProperties(expiration=str(max(1, round(timeout * 1000))))
-
-        def publish() -> bool:
-            try:
-                self._channel.basic_publish("", _request_queue(queue), frame, properties=props, mandatory=True)
-            except pika.exceptions.UnroutableError:
-                return False  # no such queue: nobody consumes it (it is deleted with its last consumer)
-            return True
-
-        return await self._submit(publish)
+        link = self._require()
+        assert link.publisher is not None
+        # The message id lets the broker's basic.return be matched to this publish.
+        props = pika.BasicProperties(expiration=str(max(1, round(timeout * 1000))), message_id=message_id())
+        try:
+            await self._confirmed(link.publisher.publish_confirmed("", _request_queue(queue), frame, props,
+                                                                   mandatory=True))
+        except Unroutable:
+            return False  # no such queue: nobody consumes it (it is deleted with its last consumer)
+        return True
 
     async def publish(self, topic: str, frame: bytes) -> None:
-        await self._submit(lambda: self._publish(topic, frame))
+        link = self._require()
+        exchange = await self._declare_exchange(link, topic)
+        assert link.publisher is not None
+        await self._confirmed(link.publisher.publish_confirmed(exchange, "", frame, pika.BasicProperties()))
 
     async def reply(self, address: str, frame: bytes) -> None:
-        await self._submit(lambda: self._replies.basic_publish("", address, frame))
+        link = self._require()
+        assert link.rpc is not None
+        link.rpc.publish("", address, frame, pika.BasicProperties())
 
     async def add_topic(self, topic: str) -> None:
         self._topics.add(topic)
-        await self._submit(lambda: self._bind(topic))
+        link = self._require()
+        await self._bind(link, topic)
 
-    # --- on the connection's thread --------------------------------------------------------
+    async def _confirmed(self, confirm: asyncio.Future[None]) -> None:
+        try:
+            await asyncio.wait_for(confirm, self._options.request_timeout_s)
+        except TimeoutError as exc:
+            raise Unavailable(f"RabbitMQ did not confirm within {self._options.request_timeout_s:g}s") from exc
 
-    def _submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
-        cf: concurrent.futures.Future[T] = concurrent.futures.Future()
+    # --- the link's life ---------------------------------------------------------------------
 
-        def call() -> None:
-            if not cf.set_running_or_notify_cancel():
+    def _require(self) -> Link:
+        link = self._link
+        if link is None or not link.is_open:
+            raise Unavailable("not connected to RabbitMQ")
+        return link
+
+    def _backoff(self, attempt: int) -> float:
+        cap = self._options.reconnect_backoff_max_s
+        return float(min(cap, RECONNECT_FIRST_S * 2**attempt) * random.uniform(0.5, 1.0))
+
+    async def _connect(self) -> None:
+        """Open a connection, its reply queue, subscriptions and served queues (one attempt; callers retry)."""
+        assert self._loop is not None
+        self._connecting = True
+        link = await Link.open(self._params, self._loop, on_close=self._on_link_closed,
+                               on_channel_lost=self._on_channel_lost)
+        try:
+            link.publisher = publisher = await link.open_channel(essential=True)
+            await rpc(publisher, lambda cb: publisher.raw.confirm_delivery(publisher.on_confirm, callback=cb))
+            publisher.raw.add_on_return_callback(publisher.on_return)
+            link.rpc = replies = await link.open_channel(essential=True)
+            frame = await rpc(replies, lambda cb: replies.raw.queue_declare("", exclusive=True, auto_delete=True,
+                                                                              callback=cb))
+            reply_queue = frame.method.queue
+            await rpc(replies, lambda cb: replies.raw.basic_consume(reply_queue, self._on_reply, auto_ack=True,
+                                                                     callback=cb))
+            if self._closed:
+                raise Unavailable("the side channel closed while connecting")
+            self._link, self._reply_queue = link, reply_queue
+            self._request_channels.clear()
+            self._starting.clear()
+            self._in_hand.clear()
+            self._cancelled.clear()
+            for topic in list(self._topics):
+                await self._bind(link, topic)
+            for queue in list(self._serving):
+                await self._serve(link, queue)
+        except BaseException:
+            if self._link is link:
+                self._link = None
+            link.abort()
+            raise
+        finally:
+            self._connecting = False
+
+    def _on_link_closed(self, link: Link, reason: BaseException) -> None:
+        if self._link is not link:
+            return  # one that never finished setting up (its caller retries), or one we replaced
+        self._link = None
+        # The reply queue went with the connection: requests in flight hear it now, not at their timeout.
+        self._listener.on_disconnect()
+        if self._closed or self._connecting:
+            return
+        log.warning("RabbitMQ side channel lost (%r); reconnecting", reason)
+        self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        for attempt in itertools.count():
+            await asyncio.sleep(self._backoff(attempt))
+            if self._closed:
                 return
             try:
-                cf.set_result(fn())
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                # The connection dropped under this call: a typed, retryable failure for the caller.
-                cf.set_exception(Unavailable(f"the RabbitMQ connection was lost: {exc!r}"))
-            except BaseException as exc:
-                cf.set_exception(exc)
-
-        with self._lock:
-            if self._conn is None or not self._conn.is_open:
-                raise Unavailable("not connected to RabbitMQ")
-            self._calls.add(cf)
-            cf.add_done_callback(self._calls.discard)
-            try:
-                self._conn.add_callback_threadsafe(call)
-            except pika.exceptions.AMQPError as exc:
-                raise Unavailable(f"not connected to RabbitMQ: {exc}") from exc
-        return asyncio.wrap_future(cf)
-
-    def _run(self) -> None:
-        delay = 0.1
-        while not self._stop.is_set():
-            try:
-                self._connect()
-                delay = 0.1
-                if self._ready.is_set():
-                    self._to_loop(self._listener.on_reconnect)
-                self._ready.set()
-                while not self._stop.is_set():
-                    self._conn.process_data_events(time_limit=0.1)
+                await self._connect()
             except Exception as exc:
-                log.warning("RabbitMQ side channel lost, reconnecting in %.1fs: %s", delay, exc)
-            finally:
-                self._drop()
-                if self._ready.is_set():
-                    self._to_loop(self._listener.on_disconnect)
-            if self._stop.wait(delay):
-                break
-            delay = min(delay * 2, self._options.reconnect_backoff_max_s)
+                log.warning("RabbitMQ side channel reconnect failed (attempt %d): %r", attempt + 1, exc)
+                continue
+            self._listener.on_reconnect()
+            return
 
-    def _connect(self) -> None:
-        conn = pika.BlockingConnection(self._params)
-        channel = conn.channel()
-        channel.confirm_delivery()
-        self._reply_queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
-        channel.basic_consume(self._reply_queue, self._on_reply, auto_ack=True)
-        replies = conn.channel()
-        with self._lock:
-            self._conn, self._channel, self._probe, self._replies = conn, channel, None, replies
-        self._exchanges.clear()
-        self._bound.clear()
-        self._request_channels.clear()
-        self._in_hand.clear()
-        self._cancelled.clear()
-        for topic in list(self._topics):
-            self._bind(topic)
-        for queue in list(self._serving):
-            self._serve(queue)
+    def _on_channel_lost(self, link: Link) -> None:
+        """A channel the side channel relies on closed under us: rebuild the whole link."""
+        if link.is_open and self._link is link and not self._closed:
+            log.warning("RabbitMQ closed a side-channel channel; reconnecting")
+            link.abort()
 
-    def _drop(self) -> None:
-        with self._lock:
-            conn, self._conn, self._channel, self._probe, self._replies = self._conn, None, None, None, None
-            calls = list(self._calls)
-        if conn is not None and conn.is_open:
-            try:
-                conn.close()
-            except Exception:
-                log.debug("closing the RabbitMQ side channel failed", exc_info=True)
-        for cf in calls:
-            if not cf.done():
-                with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    cf.set_exception(Unavailable("the RabbitMQ connection was lost"))
+    # --- on the current link -----------------------------------------------------------------
 
-    def _declare_exchange(self, topic: str) -> str:
+    async def _declare_exchange(self, link: Link, topic: str) -> str:
         exchange = self._exchange(topic)
-        if exchange not in self._exchanges:
-            self._channel.exchange_declare(exchange, exchange_type="fanout", durable=True)
-            self._exchanges.add(exchange)
-            self._known_exchanges.add(exchange)
+        self._known_exchanges.add(exchange)
+        key = f"exchange:{exchange}"
+        declared = link.declared.get(key)
+        if declared is None:
+            # Concurrent publishes to a new topic share one declare.
+            declared = link.declared[key] = asyncio.ensure_future(self._declare_now(link, exchange))
+            declared.add_done_callback(lambda done: _forget_failure(link, key, done))
+        await asyncio.shield(declared)
         return exchange
 
-    def _bind(self, topic: str) -> None:
-        if topic in self._bound:
-            return
-        exchange = self._declare_exchange(topic)
-        queue = self._channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
-        self._channel.queue_bind(queue, exchange)
-
-        def deliver(ch: Any, method: Any, props: Any, body: bytes) -> None:
-            self._to_loop(self._listener.on_event, topic, body)
-
-        self._channel.basic_consume(queue, deliver, auto_ack=True)
-        self._bound.add(topic)
-
-    def _publish(self, topic: str, frame: bytes) -> None:
-        self._channel.basic_publish(self._declare_exchange(topic), "", frame)
-
     @staticmethod
-    def _each(fn: Callable[[str], None], queues: list[str]) -> None:
-        for queue in queues:
-            fn(queue)
+    async def _declare_now(link: Link, exchange: str) -> None:
+        channel = await link.borrow()
+        try:
+            await rpc(channel, lambda cb: channel.raw.exchange_declare(exchange, exchange_type="fanout", durable=True,
+                                                                       callback=cb))
+        finally:
+            link.give_back(channel)
 
-    def _serve(self, queue: str) -> None:
-        """Consume `queue`'s requests on a channel of their own, with the queue's prefetch."""
-        if queue in self._request_channels or queue not in self._serving:
+    async def _bind(self, link: Link, topic: str) -> None:
+        key = f"bound:{topic}"
+        if key in link.declared:
             return
-        channel = self._conn.channel()
-        channel.basic_qos(prefetch_count=self._prefetch.get(queue, self._options.prefetch))
-        channel.queue_declare(_request_queue(queue), auto_delete=True)
-        self._in_hand[channel] = 0
+        link.declared[key] = asyncio.get_running_loop().create_future()  # claimed: one binding per topic and link
+        try:
+            exchange = await self._declare_exchange(link, topic)
+            channel = await link.open_channel(essential=True)
+            frame = await rpc(channel, lambda cb: channel.raw.queue_declare("", exclusive=True, auto_delete=True,
+                                                                              callback=cb))
+            queue = frame.method.queue
+            await rpc(channel, lambda cb: channel.raw.queue_bind(queue, exchange, callback=cb))
 
-        def deliver(ch: Any, method: Any, props: Any, body: bytes) -> None:
-            self._in_hand[channel] += 1
-            tag = method.delivery_tag
-            self._to_loop(self._listener.on_request, queue, body, lambda: self._call_soon(lambda: self._ack(channel, tag)))
+            def deliver(_raw: Any, _method: Any, _props: Any, body: bytes) -> None:
+                self._listener.on_event(topic, body)
 
-        channel.basic_consume(_request_queue(queue), deliver)
+            await rpc(channel, lambda cb: channel.raw.basic_consume(queue, deliver, auto_ack=True, callback=cb))
+        except BaseException:
+            link.declared.pop(key, None)
+            raise
+
+    async def _serve(self, link: Link, queue: str) -> None:
+        """Consume `queue`'s requests on a channel of their own, with the queue's prefetch."""
+        if queue in self._request_channels or queue in self._starting or queue not in self._serving:
+            return
+        self._starting.add(queue)
+        try:
+            channel = await link.open_channel(essential=True)
+            prefetch = self._prefetch.get(queue, self._options.prefetch)
+            await rpc(channel, lambda cb: channel.raw.basic_qos(prefetch_count=prefetch, callback=cb))
+            await rpc(channel, lambda cb: channel.raw.queue_declare(_request_queue(queue), auto_delete=True,
+                                                                      callback=cb))
+            self._in_hand[channel] = 0
+
+            def deliver(_raw: Any, method: Any, _props: Any, body: bytes) -> None:
+                self._in_hand[channel] += 1
+                tag = method.delivery_tag
+                self._listener.on_request(queue, body, lambda: self._ack(channel, tag))
+
+            await rpc(channel, lambda cb: channel.raw.basic_consume(_request_queue(queue), deliver, callback=cb))
+        finally:
+            self._starting.discard(queue)
+        if self._link is not link:
+            channel.close()  # the link was replaced meanwhile; the new one serves the queue
+            return
         self._request_channels[queue] = channel
+        if queue not in self._serving:  # withdrawn while it started
+            await self._stop_serving(queue)
 
-    def _stop_serving(self, queue: str) -> None:
+    async def _stop_serving(self, queue: str) -> None:
         """Cancel `queue`'s request consumer; its channel closes once the requests in hand are acked."""
         channel = self._request_channels.pop(queue, None)
         if channel is None or not channel.is_open:
             return
-        for tag in list(channel.consumer_tags):
-            channel.basic_cancel(tag)
         self._cancelled.add(channel)
+        with contextlib.suppress(Unavailable, pika.exceptions.AMQPError):
+            for tag in list(channel.raw.consumer_tags):
+                await _cancel(channel, tag)
         self._close_if_idle(channel)
 
-    def _ack(self, channel: Any, tag: int) -> None:
+    def _ack(self, channel: Channel, tag: int) -> None:
         if not channel.is_open:
             return  # its connection went: RabbitMQ requeued the request (its reply, if sent, counts)
-        channel.basic_ack(tag)
+        channel.ack(tag)
         self._in_hand[channel] = self._in_hand.get(channel, 1) - 1
         self._close_if_idle(channel)
 
-    def _close_if_idle(self, channel: Any) -> None:
+    def _close_if_idle(self, channel: Channel) -> None:
         if channel in self._cancelled and self._in_hand.get(channel, 0) <= 0:
             self._cancelled.discard(channel)
             self._in_hand.pop(channel, None)
             channel.close()
 
-    def _call_soon(self, fn: Callable[[], None]) -> None:
-        """Run `fn` on the connection's thread, if the connection is still up (fire and forget)."""
-        with self._lock:
-            conn = self._conn
-            if conn is None or not conn.is_open:
-                return
-
-            def call() -> None:
-                try:
-                    fn()
-                except (pika.exceptions.AMQPError, OSError) as exc:
-                    log.debug("acking a request failed: %r", exc)
-
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                conn.add_callback_threadsafe(call)
-
-    def _consumer_count(self, queue: str) -> int:
-        if self._probe is None or not self._probe.is_open:
-            self._probe = self._conn.channel()
-        try:
-            return int(self._probe.queue_declare(queue, passive=True).method.consumer_count)
-        except pika.exceptions.ChannelClosedByBroker:
-            self._probe = None  # 404: the queue does not exist, so nobody consumes it
-            return 0
-
-    def _on_reply(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
-        self._to_loop(self._listener.on_reply, body)
-
-    def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            pass  # the loop is closed: nobody is waiting any more
+    def _on_reply(self, _raw: Any, _method: Any, _props: Any, body: bytes) -> None:
+        self._listener.on_reply(body)
 
 
+def _forget_failure(link: Link, key: str, done: asyncio.Future[None]) -> None:
+    """A failed declare is tried again by the next caller (and its failure marked as seen)."""
+    if done.cancelled() or done.exception() is not None:
+        link.declared.pop(key, None)
+
+
+async def _cancel(channel: Channel, tag: str) -> None:
+    """basic.cancel: deliveries stop; the ones in hand stay ours to ack."""
+    await rpc(channel, lambda cb: channel.raw.basic_cancel(tag, callback=cb), timeout=2.0)
 
 
 def _request_queue(queue: str) -> str:
     """Where requests for (qualified) `queue` wait: an auto-delete queue that exists while someone consumes it."""
     return f"{queue}.requests"
+
