@@ -60,3 +60,15 @@ def test_dumps_refuses_nan_like_starlette(value: float) -> None:
         jsonio.dumps({"predictions": [value]})
     with pytest.raises(ValueError):
         jsonio.FastJSONResponse({"predictions": [value]})
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model": "diabetes", "instances": [[0.038, -0.044, 1e-07, 3]]}',
+    b'{"predictions": [NaN, Infinity, -Infinity]}',  # as json.dumps writes them; orjson alone refuses them
+    b'{"n": 123456789012345678901234567890}',  # past 64 bits: exact
+    b'{"a": "caf\\u00e9", "b": "\xc3\xa9"}',
+])
+def test_parse_reads_bus_messages_as_json_does(raw: bytes) -> None:
+    expected = json.loads(raw)
+    got = jsonio.parse(raw)
+    assert repr(got) == repr(expected)

@@ -23,6 +23,7 @@ import struct
 import time
 from typing import Any
 
+from skipper.core import jsonio
 from skipper.core.messages import Message, new_id
 
 DEADLINE = "skipper_deadline_ms"  # message option: a request nobody waits for any more is dropped
@@ -101,9 +102,9 @@ def _unpack(data: bytes) -> tuple[Message, dict[str, Any]]:
         raise ValueError("not a Skipper frame")
     (head_len,) = struct.unpack_from(">I", data, len(_FRAME_MAGIC))
     start = len(_FRAME_MAGIC) + 4
-    headers = json.loads(data[start : start + head_len])
+    headers = jsonio.parse(data[start : start + head_len])
     raw = data[start + head_len :]
-    body: bytes | dict[str, Any] = raw if headers.get("x-body-kind") == "bytes" else json.loads(raw)
+    body: bytes | dict[str, Any] = raw if headers.get("x-body-kind") == "bytes" else jsonio.parse(raw)
     return Message.from_headers(headers, body), headers
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pika
 
+from skipper.core import jsonio
 from skipper.core.messages import Message
 
 JSON_TYPE = "application/json"
@@ -97,7 +98,7 @@ def decode(props: pika.BasicProperties, body: bytes) -> Message:
     if props.content_type == BYTES_TYPE:
         payload: dict[str, Any] | bytes = bytes(body)
     else:
-        payload = json.loads(body) if body else {}
+        payload = jsonio.parse(body) if body else {}
         if not isinstance(payload, dict):
             payload = {"value": payload}
     return Message.from_headers(headers, payload, reply_to=props.reply_to)
