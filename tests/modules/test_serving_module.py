@@ -117,6 +117,23 @@ async def test_catch_up_on_start_installs_the_production_versions_and_only_then_
     assert reply["predictions"] == pytest.approx(built(2, "other").expected(rows(2)), rel=1e-5, abs=1e-5)
 
 
+async def test_catch_up_installs_models_side_by_side_so_a_slow_download_holds_back_no_other(make: Make) -> None:
+    # Given two models in production, one of whose artifact downloads hangs
+    registry = FakeRegistry()
+    registry.deploy(built(1), version=3, seq=7)
+    registry.deploy(built(2, "other"), model="other", version=1, seq=8)
+    registry.held["diabetes"] = asyncio.Event()
+    # When the server starts, the other model is served meanwhile (and the server is not ready yet)
+    harness = await make(registry=registry)
+    await eventually(lambda: harness.module.versions() == {"other": 1})
+    assert (await harness.predict(rows(1), model="other"))["model_version"] == 1
+    assert not harness.module.ready()
+    # Then once the download goes through, both are served and the server is ready
+    registry.held["diabetes"].set()
+    await eventually(harness.module.ready)
+    assert harness.module.readiness() == {"models": {"diabetes": 3, "other": 1}}
+
+
 async def test_catch_up_retries_with_backoff_until_the_registry_answers(make: Make) -> None:
     # Given no registry on the bus when the server starts
     registry = FakeRegistry()

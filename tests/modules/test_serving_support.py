@@ -106,6 +106,7 @@ class FakeRegistry:
     production: list[dict[str, Any]] = field(default_factory=list)
     artifacts: dict[tuple[str, int], bytes] = field(default_factory=dict)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    held: dict[str, asyncio.Event] = field(default_factory=dict)  # model -> its artifact is sent once set
     production_requests: int = 0
     artifact_requests: int = 0
     largest_reply: int = 0  # bytes in the largest artifact reply sent
@@ -129,6 +130,8 @@ class FakeRegistry:
         if msg.type == contracts.REGISTRY_ARTIFACT:
             self.artifact_requests += 1
             key = (msg.data["model"], msg.data["version"])
+            if key[0] in self.held:
+                await self.held[key[0]].wait()
             if key not in self.artifacts:
                 raise NotFound(f"no artifact {key}")
             data = self.artifacts[key]

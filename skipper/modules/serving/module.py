@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -30,6 +31,8 @@ from skipper.modules.serving.presence import Presence
 from skipper.modules.serving.release import Release, supersedes
 
 log = logging.getLogger("skipper.serving")
+
+CATCH_UP_INSTALLS = 3  # versions a catch-up installs at once
 
 SERVED = Counter("skipper_served_predictions_total", "Predict requests this server answered", ["model"])
 SERVED_VERSION = Gauge("skipper_served_model_version", "The model version this server serves", ["model"])
@@ -396,18 +399,27 @@ class ServingModule(Module):
         entries = reply.data.get("models")
         if not isinstance(entries, list):
             raise ValidationFailed("registry.production reply lacks a 'models' list")
+        releases: list[Release] = []
         for entry in entries:
             try:
-                release = Release.parse(entry if isinstance(entry, dict) else {})
+                releases.append(Release.parse(entry if isinstance(entry, dict) else {}))
             except ArtifactRejected as exc:
                 fields = entry if isinstance(entry, dict) else {}
                 await self._rejected(fields.get("model"), fields.get("version"), fields.get("sha256"), exc,
                                      request.correlation_id)
-                continue
-            try:
-                await self.install(release, correlation_id=request.correlation_id)
-            except ArtifactRejected:
-                continue  # retrying won't change a bad artifact: serve the rest and stay ready
+        # A few at a time: one model's download and queue attach overlap another's load.
+        slots = asyncio.Semaphore(CATCH_UP_INSTALLS)
+
+        async def install(release: Release) -> None:
+            # A bad artifact (reported by install) is not retried: serve the rest and stay ready.
+            async with slots:
+                with contextlib.suppress(ArtifactRejected):
+                    await self.install(release, correlation_id=request.correlation_id)
+
+        outcomes = await asyncio.gather(*(install(release) for release in releases), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome  # the first failure (the others were tried too): the loop retries
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
