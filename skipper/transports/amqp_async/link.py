@@ -11,7 +11,7 @@ import pika
 import pika.exceptions
 
 from skipper.core.errors import Unavailable
-from skipper.transports.amqp_async.channel import RPC_TIMEOUT_S, Channel, Connection
+from skipper.transports.amqp_async.channel import RPC_TIMEOUT_S, Channel, Connection, rpc
 
 CONNECT_TIMEOUT_S = 10.0
 SPARE_CHANNELS = 4
@@ -124,6 +124,13 @@ class Link:
             raise Unavailable("RabbitMQ did not open a channel in time") from exc
         finally:
             self.opening.discard(fut)
+
+    async def open_publisher(self) -> Channel:
+        """The link's publisher channel: confirm mode; a returned `mandatory` publish fails its confirm (`Unroutable`)."""
+        self.publisher = publisher = await self.open_channel(essential=True)
+        await rpc(publisher, lambda cb: publisher.raw.confirm_delivery(publisher.on_confirm, callback=cb))
+        publisher.raw.add_on_return_callback(publisher.on_return)
+        return publisher
 
     async def borrow(self) -> Channel:
         """A spare channel for a short RPC that may close it (give it back after)."""

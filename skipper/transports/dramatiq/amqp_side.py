@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import random
 import time
 from typing import Any
 
@@ -28,7 +26,18 @@ import pika.exceptions
 from skipper.core.bus import BusOptions
 from skipper.core.errors import Unavailable
 from skipper.core.messages import message_id
-from skipper.transports.amqp_async import CONNECT_TIMEOUT_S, RPC_TIMEOUT_S, Channel, ChannelGone, Link, Unroutable, rpc
+from skipper.transports.amqp_async import (
+    CONNECT_TIMEOUT_S,
+    RPC_TIMEOUT_S,
+    Channel,
+    ChannelGone,
+    Link,
+    Unroutable,
+    backoff_s,
+    connect_within,
+    reconnect,
+    rpc,
+)
 from skipper.transports.dramatiq.side import ATTACH_TIMEOUT_S, SideListener
 
 log = logging.getLogger("skipper.transports.dramatiq")
@@ -90,17 +99,9 @@ class AmqpSide:
         self._loop = loop
         self._topics.update(topics)
         # Its first connection shares a loaded machine with Dramatiq's consumer threads starting too.
-        deadline = loop.time() + ATTACH_TIMEOUT_S
-        for attempt in itertools.count():
-            try:
-                await self._connect()
-                return
-            except Exception as exc:
-                delay = self._backoff(attempt)
-                if self._closed or loop.time() + delay > deadline:
-                    raise Unavailable(f"cannot reach RabbitMQ at {self._params.host}:{self._params.port}: {exc!r}") from exc
-                log.warning("RabbitMQ side channel cannot connect (%r); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+        await connect_within(self._connect, timeout_s=ATTACH_TIMEOUT_S, backoff=self._backoff,
+                             closed=lambda: self._closed, what=f"RabbitMQ at {self._params.host}:{self._params.port}",
+                             log=log)
 
     async def close(self) -> None:
         self._closed = True
@@ -205,8 +206,7 @@ class AmqpSide:
         return link
 
     def _backoff(self, attempt: int) -> float:
-        cap = self._options.reconnect_backoff_max_s
-        return float(min(cap, RECONNECT_FIRST_S * 2**attempt) * random.uniform(0.5, 1.0))
+        return backoff_s(attempt, first_s=RECONNECT_FIRST_S, cap_s=self._options.reconnect_backoff_max_s)
 
     async def _connect(self) -> None:
         """Open a connection, its reply queue, subscriptions and served queues (one attempt; callers retry)."""
@@ -215,9 +215,7 @@ class AmqpSide:
         link = await Link.open(self._params, self._loop, on_close=self._on_link_closed,
                                on_channel_lost=self._on_channel_lost)
         try:
-            link.publisher = publisher = await link.open_channel(essential=True)
-            await rpc(publisher, lambda cb: publisher.raw.confirm_delivery(publisher.on_confirm, callback=cb))
-            publisher.raw.add_on_return_callback(publisher.on_return)
+            await link.open_publisher()
             link.rpc = replies = await link.open_channel(essential=True)
             frame = await rpc(replies, lambda cb: replies.raw.queue_declare("", exclusive=True, auto_delete=True,
                                                                               callback=cb))
@@ -255,17 +253,9 @@ class AmqpSide:
         self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        for attempt in itertools.count():
-            await asyncio.sleep(self._backoff(attempt))
-            if self._closed:
-                return
-            try:
-                await self._connect()
-            except Exception as exc:
-                log.warning("RabbitMQ side channel reconnect failed (attempt %d): %r", attempt + 1, exc)
-                continue
+        if await reconnect(self._connect, backoff=self._backoff, closed=lambda: self._closed,
+                           what="RabbitMQ (side channel)", log=log):
             self._listener.on_reconnect()
-            return
 
     def _on_channel_lost(self, link: Link) -> None:
         """A channel the side channel relies on closed under us: rebuild the whole link."""

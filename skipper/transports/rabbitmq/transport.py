@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
-import random
 import socket
 from collections.abc import Coroutine
 from typing import Any
@@ -19,6 +17,7 @@ from skipper.core.errors import NoConsumers, Unavailable
 from skipper.core.messages import Message
 from skipper.transports.amqp_async.channel import RPC_TIMEOUT_S, rpc
 from skipper.transports.amqp_async.link import CONNECT_TIMEOUT_S, Link
+from skipper.transports.amqp_async.retry import backoff_s, connect_within, reconnect
 from skipper.transports.rabbitmq.consumers import Binding, cancel_consumer, start_consumer, start_subscriber
 from skipper.transports.rabbitmq.topology import Topology
 from skipper.transports.rabbitmq.wire import decode, encode
@@ -86,18 +85,8 @@ class RabbitMQTransport(Transport):
 
     async def _start(self) -> None:
         """Connect, retrying with backoff until `start_timeout_s`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._start_timeout_s
-        for attempt in itertools.count():
-            try:
-                await self._connect()
-                return
-            except Exception as exc:
-                delay = self._backoff(attempt)
-                if self.closed or loop.time() + delay > deadline:
-                    raise Unavailable(f"cannot connect to RabbitMQ: {exc!r}") from exc
-                log.warning("cannot connect to RabbitMQ (%r); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+        await connect_within(self._connect, timeout_s=self._start_timeout_s, backoff=self._backoff,
+                             closed=lambda: self.closed, what="RabbitMQ", log=log)
 
     async def _send(self, queue: str, msg: Message) -> None:
         await self.topology.publish_to_queue(self.require_link(), self.qualified(queue), msg)
@@ -207,8 +196,7 @@ class RabbitMQTransport(Transport):
     # --- the link's life ---------------------------------------------------------------------
 
     def _backoff(self, attempt: int) -> float:
-        cap = self.options.reconnect_backoff_max_s
-        return float(min(cap, RECONNECT_FIRST_S * 2**attempt) * random.uniform(0.5, 1.0))
+        return backoff_s(attempt, first_s=RECONNECT_FIRST_S, cap_s=self.options.reconnect_backoff_max_s)
 
     async def _connect(self) -> None:
         """Open a connection and set up everything on it (one attempt; callers retry)."""
@@ -222,9 +210,7 @@ class RabbitMQTransport(Transport):
         link = await Link.open(self._params, asyncio.get_running_loop(), on_close=self._on_link_closed,
                                on_channel_lost=self._on_channel_lost)
         try:
-            link.publisher = publisher = await link.open_channel(essential=True)
-            await rpc(publisher, lambda cb: publisher.raw.confirm_delivery(publisher.on_confirm, callback=cb))
-            publisher.raw.add_on_return_callback(publisher.on_return)
+            await link.open_publisher()
             link.rpc = rpc_channel = await link.open_channel(essential=True)
             rpc_channel.raw.add_on_return_callback(self._on_return)
             await rpc(rpc_channel, lambda cb: rpc_channel.raw.basic_consume(REPLY_TO, self._on_reply, auto_ack=True,
@@ -261,19 +247,8 @@ class RabbitMQTransport(Transport):
         self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        for attempt in itertools.count():
-            if self.closed:
-                return
-            await asyncio.sleep(self._backoff(attempt))
-            if self.closed:
-                return
-            try:
-                await self._connect()
-            except Exception as exc:
-                log.warning("reconnect to RabbitMQ failed (attempt %d): %r", attempt + 1, exc)
-                continue
+        if await reconnect(self._connect, backoff=self._backoff, closed=lambda: self.closed, what="RabbitMQ", log=log):
             self.spawn(self.notify_connected())
-            return
 
     def _on_channel_lost(self, link: Link) -> None:
         """A channel we rely on closed under us: rebuild the whole link (simple and complete)."""
