@@ -5,6 +5,13 @@ Starts each deployment as real processes, trains `diabetes` through its API, the
 competing for the same cores) at each concurrency, and prints a table with ratios to the
 bare endpoint measured in the same run. Machines are shared and noisy: compare ratios.
 
+Beside the wall-clock figures, each row has the CPU time (user + system, from /proc) that the
+deployment's own processes (api, servers; the all-in-one process; the bare endpoint) spent per
+request during the measurement, plus, in brackets and included, the local broker's (RabbitMQ's
+`beam.smp`, `redis-server`; it serves only this benchmark when the machine is otherwise idle).
+Throughput on a shared 2-core machine moves by a quarter from run to run; CPU per request moves
+far less, so a change to the hot path shows up there first.
+
     python benchmarks/predict.py                         # memory + bare
     python benchmarks/predict.py --variants memory,rabbitmq,rabbitmq-2,bare --duration 8
     python benchmarks/predict.py --variants memory --protocols native,oip,tfserving --concurrency 64 --rounds 4
@@ -84,6 +91,34 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float | None = None  # CPU of the deployment's own processes per request (None: not measurable)
+    broker_cpu_us: float | None = None  # ... and of the local broker's process
+
+
+def cpu_seconds(pids: list[int]) -> float | None:
+    """User plus system CPU seconds the processes `pids` have used so far (Linux /proc); None if unreadable."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / ticks
+
+
+def pids_named(name: str) -> list[int]:
+    """Processes whose command name is `name` (the local broker)."""
+    found = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if comm.read_text().strip() == name:
+                found.append(int(comm.parent.name))
+    return found
+
+
+BROKER_PROCESS = {"rabbitmq": "beam.smp", "dramatiq-rabbitmq": "beam.smp", "dramatiq-redis": "redis-server"}
 
 
 def free_port() -> int:
@@ -225,6 +260,8 @@ class Deployment:
     api: str = ""
     ready_urls: tuple[str, ...] = ()
     lifecycle: Lifecycle | None = None
+    pids: tuple[int, ...] = ()  # the deployment's processes that serve predictions
+    broker_pids: tuple[int, ...] = ()
 
 
 @contextlib.contextmanager
@@ -244,7 +281,7 @@ def deployment(variant: str, procs: Processes, workdir: Path, epochs: int, artif
             proc = procs.start("bare", [str(ROOT / "benchmarks" / "bare_endpoint.py"), "--artifact", str(artifact),
                                         f"--port={port}"], {})
             wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
-            yield Deployment(f"http://127.0.0.1:{port}/predict")
+            yield Deployment(f"http://127.0.0.1:{port}/predict", pids=(proc.pid,))
             return
         trainer = None
         if variant == "memory":
@@ -272,7 +309,11 @@ def deployment(variant: str, procs: Processes, workdir: Path, epochs: int, artif
             status, data = http("GET", f"{api}/models/diabetes/versions/1/artifact")
             assert status == 200
             artifact.write_bytes(data)
-        yield Deployment(f"{api}/models/diabetes/predict", api, tuple(ready), timed)
+        # What serves predictions: not the trainer (stopping) nor the late server (stopped).
+        serving = tuple(p.pid for p in procs.procs if p.poll() is None and p is not trainer)
+        broker = tuple(pids_named(BROKER_PROCESS[variant.rsplit("-", 1)[0] if variant[-1].isdigit() else variant])
+                       if variant != "memory" else ())
+        yield Deployment(f"{api}/models/diabetes/predict", api, tuple(ready), timed, serving, broker)
     finally:
         procs.stop_all()
 
@@ -280,11 +321,18 @@ def deployment(variant: str, procs: Processes, workdir: Path, epochs: int, artif
 LATENCY = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 
 
-def run_wrk(url: str, concurrency: int, duration: int, lua: Path) -> tuple[float, float, float, int]:
+Measured = tuple[float, float, float, int, float | None, float | None]
+
+
+def run_wrk(url: str, concurrency: int, duration: int, lua: Path, deployed: Deployment) -> Measured:
+    """(req/s, p50 ms, p99 ms, errors, CPU us per request of the deployment's processes, ... of the broker's)."""
     # Warm up, then measure.
     subprocess.run(["wrk", "-t1", f"-c{concurrency}", "-d1s", "-s", str(lua), url], capture_output=True, check=True)
+    before = cpu_seconds(list(deployed.pids)), cpu_seconds(list(deployed.broker_pids))
     out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(lua), url],
                          capture_output=True, text=True, check=True).stdout
+    after = cpu_seconds(list(deployed.pids)), cpu_seconds(list(deployed.broker_pids))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     lat = {int(p): float(v) * scale[u] for p, v, u in LATENCY.findall(out)}
@@ -293,7 +341,14 @@ def run_wrk(url: str, concurrency: int, duration: int, lua: Path) -> tuple[float
         errors += int(m.group(1))
     if m := re.search(r"Socket errors:.*?timeout (\d+)", out):
         errors += int(m.group(1))
-    return rps, lat.get(50, float("nan")), lat.get(99, float("nan")), errors
+    cpu = [None if b is None or a is None or not requests or not pids else (a - b) * 1e6 / requests
+           for b, a, pids in zip(before, after, (deployed.pids, deployed.broker_pids), strict=True)]
+    return rps, lat.get(50, float("nan")), lat.get(99, float("nan")), errors, cpu[0], cpu[1]
+
+
+def mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known and len(known) == len(values) else None
 
 
 def main() -> None:
@@ -340,17 +395,19 @@ def main() -> None:
                     targets.append((name, url, lua))
                 for c in levels:
                     # Interleaved in rounds at each level, so drifting load on a shared machine hits each alike.
-                    rounds: dict[str, list[tuple[float, float, float, int]]] = {name: [] for name, _, _ in targets}
+                    rounds: dict[str, list[Measured]] = {name: [] for name, _, _ in targets}
                     for _ in range(args.rounds):
                         for name, url, lua in targets:
-                            rps, p50, p99, errors = run_wrk(url, c, args.duration, lua)
-                            rounds[name].append((rps, p50, p99, errors))
+                            run = run_wrk(url, c, args.duration, lua, deployed)
+                            rounds[name].append(run)
+                            rps, p50, p99, errors, cpu, _ = run
                             print(f"  {name:<22} c={c:<3} {rps:>9.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:7.2f} ms"
-                                  f"  errors {errors}", file=sys.stderr, flush=True)
+                                  f"  errors {errors}  cpu {cpu or float('nan'):.0f} us/req", file=sys.stderr, flush=True)
                     for name, runs in rounds.items():
                         n = len(runs)
                         results.append(Result(name, c, sum(r[0] for r in runs) / n, sum(r[1] for r in runs) / n,
-                                              max(r[2] for r in runs), sum(r[3] for r in runs)))
+                                              max(r[2] for r in runs), sum(r[3] for r in runs),
+                                              mean([r[4] for r in runs]), mean([r[5] for r in runs])))
                 if deployed.lifecycle is not None:  # last: it changes the version served
                     lua = workdir / "rollout.lua"
                     _, body = protocol_request("native", predict_url, args.rows)
@@ -369,16 +426,20 @@ def main() -> None:
 def print_table(results: list[Result], levels: list[int]) -> None:
     bare = {r.concurrency: r for r in results if r.variant == "bare"}
     native = {(r.variant, r.concurrency): r for r in results if "/" not in r.variant}
-    print("\n| variant | concurrency | req/s | p50 ms | p99 ms | errors | req/s vs bare | p50 vs bare | req/s vs native |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| variant | concurrency | req/s | p50 ms | p99 ms | errors | req/s vs bare | p50 vs bare | req/s vs native "
+          "| CPU us/req (broker) | CPU vs bare |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         b = bare.get(r.concurrency)
         n = native.get((r.variant.split("/", 1)[0], r.concurrency)) if "/" in r.variant else None
         ratio_rps = f"{r.rps / b.rps:.2f}x" if b else "-"
         ratio_p50 = f"{r.p50_ms / b.p50_ms:.2f}x" if b else "-"
         ratio_native = f"{r.rps / n.rps:.2f}x" if n else "-"
+        total = None if r.cpu_us is None else r.cpu_us + (r.broker_cpu_us or 0.0)
+        cpu = "-" if total is None else f"{total:.0f}" + (f" ({r.broker_cpu_us:.0f})" if r.broker_cpu_us else "")
+        ratio_cpu = f"{total / b.cpu_us:.2f}x" if total is not None and b and b.cpu_us else "-"
         print(f"| {r.variant} | {r.concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | "
-              f"{ratio_rps} | {ratio_p50} | {ratio_native} |")
+              f"{ratio_rps} | {ratio_p50} | {ratio_native} | {cpu} | {ratio_cpu} |")
 
 
 def print_lifecycles(lifecycles: list[Lifecycle]) -> None:
