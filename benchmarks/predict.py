@@ -9,8 +9,9 @@ Beside the wall-clock figures, each row has the CPU time (user + system, from /p
 deployment's own processes (api, servers; the all-in-one process; the bare endpoint) spent per
 request during the measurement, plus, in brackets and included, the local broker's (RabbitMQ's
 `beam.smp`, `redis-server`; it serves only this benchmark when the machine is otherwise idle).
-Throughput on a shared 2-core machine moves by a quarter from run to run; CPU per request moves
-far less, so a change to the hot path shows up there first.
+Throughput on a shared 2-core machine moves by a quarter when other jobs' load shifts; CPU per
+request moves less within a run (a slower hour of the host raises both). At concurrency 1 it is
+mostly idle spinning (TensorFlow's thread pools, RabbitMQ's schedulers): read it at 8 and 64.
 
     python benchmarks/predict.py                         # memory + bare
     python benchmarks/predict.py --variants memory,rabbitmq,rabbitmq-2,bare --duration 8
