@@ -68,7 +68,8 @@ class AmqpSide:
         self._params.socket_timeout = 5.0
         self._params.stack_timeout = CONNECT_TIMEOUT_S
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._link: Link | None = None
+        self._link: Link | None = None  # usable from its reply queue on
+        self._restored: Link | None = None  # ... and with subscriptions and served queues set up again
         self._reply_queue: str | None = None
         self._topics: set[str] = set()
         self._known_exchanges: set[str] = set()
@@ -85,7 +86,9 @@ class AmqpSide:
 
     @property
     def connected(self) -> bool:
-        return self._link is not None and self._link.is_open
+        """Connected, with its subscriptions and served queues restored (a server's requests are taken again)."""
+        link = self._link
+        return link is not None and link is self._restored and link.is_open
 
     def exchanges(self) -> set[str]:
         return set(self._known_exchanges)
@@ -233,6 +236,7 @@ class AmqpSide:
                 await self._bind(link, topic)
             for queue in list(self._serving):
                 await self._serve(link, queue)
+            self._restored = link
         except BaseException:
             if self._link is link:
                 self._link = None
