@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pika
 import pika.exceptions
 
 from skipper.core.errors import Unavailable
-from skipper.transports.amqp_async.channel import RPC_TIMEOUT_S, Channel, Connection, rpc
+from skipper.transports.amqp_async.channel import RPC_TIMEOUT_S, Channel, ChannelGone, Connection, rpc
 
 CONNECT_TIMEOUT_S = 10.0
 SPARE_CHANNELS = 4
@@ -29,7 +29,7 @@ class Link:
         self.loop = loop
         self.conn: Any = None
         self.publisher: Channel | None = None  # confirm mode: send, publish, retries, dead letters
-        self.rpc: Channel | None = None  # direct reply-to consumer and request publishes
+        self.rpc: Channel | None = None  # consumes replies (RabbitMQ: direct reply-to, with the request publishes)
         self.spare: list[Channel] = []  # short RPCs that may close a channel (passive declares)
         self.declared: dict[str, asyncio.Future[None]] = {}
         self.presence: dict[str, tuple[int, float]] = {}
@@ -131,6 +131,46 @@ class Link:
         await rpc(publisher, lambda cb: publisher.raw.confirm_delivery(publisher.on_confirm, callback=cb))
         publisher.raw.add_on_return_callback(publisher.on_return)
         return publisher
+
+    async def once(self, key: str, make: Callable[[], Awaitable[None]]) -> None:
+        """Run `make()` once on this link for `key` (a declare, a binding); concurrent callers share the
+        one run, and a failed run is forgotten, so the next caller tries again."""
+        fut = self.declared.get(key)
+        if fut is None:
+            fut = self.declared[key] = asyncio.ensure_future(make())
+
+            def forget_failure(done: asyncio.Future[None]) -> None:
+                # Reading the exception also marks it seen: its awaiters may all have been cancelled.
+                if (done.cancelled() or done.exception() is not None) and self.declared.get(key) is done:
+                    del self.declared[key]
+
+            fut.add_done_callback(forget_failure)
+        await asyncio.shield(fut)
+
+    async def declare(self, key: str, invoke: Callable[[Channel, Callable[[Any], None]], object]) -> None:
+        """One declare per link for `key`, on a spare channel (a refused declare closes only that channel)."""
+
+        async def run() -> None:
+            channel = await self.borrow()
+            try:
+                await rpc(channel, lambda cb: invoke(channel, cb))
+            finally:
+                self.give_back(channel)
+
+        await self.once(key, run)
+
+    async def consumer_count(self, queue: str) -> int:
+        """Consumers of `queue` now (a passive declare); 0 when the queue does not exist."""
+        channel = await self.borrow()
+        try:
+            frame = await rpc(channel, lambda cb: channel.raw.queue_declare(queue, passive=True, callback=cb))
+            return int(frame.method.consumer_count)
+        except ChannelGone as gone:
+            if gone.reply_code != 404:
+                raise
+            return 0  # the queue does not exist: nobody consumes it
+        finally:
+            self.give_back(channel)
 
     async def borrow(self) -> Channel:
         """A spare channel for a short RPC that may close it (give it back after)."""

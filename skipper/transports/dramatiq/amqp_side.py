@@ -30,7 +30,6 @@ from skipper.transports.amqp_async import (
     CONNECT_TIMEOUT_S,
     RPC_TIMEOUT_S,
     Channel,
-    ChannelGone,
     Link,
     Unroutable,
     backoff_s,
@@ -154,17 +153,7 @@ class AmqpSide:
         return self._reply_queue
 
     async def has_consumers(self, queue: str) -> bool:
-        link = self._require()
-        channel = await link.borrow()
-        try:
-            frame = await rpc(channel, lambda cb: channel.raw.queue_declare(queue, passive=True, callback=cb))
-            return int(frame.method.consumer_count) > 0
-        except ChannelGone as gone:
-            if gone.reply_code != 404:
-                raise
-            return False  # the queue does not exist: nobody consumes it
-        finally:
-            link.give_back(channel)
+        return await self._require().consumer_count(queue) > 0
 
     async def send_request(self, queue: str, frame: bytes, *, timeout: float) -> bool:
         link = self._require()
@@ -272,30 +261,14 @@ class AmqpSide:
     async def _declare_exchange(self, link: Link, topic: str) -> str:
         exchange = self._exchange(topic)
         self._known_exchanges.add(exchange)
-        key = f"exchange:{exchange}"
-        declared = link.declared.get(key)
-        if declared is None:
-            # Concurrent publishes to a new topic share one declare.
-            declared = link.declared[key] = asyncio.ensure_future(self._declare_now(link, exchange))
-            declared.add_done_callback(lambda done: _forget_failure(link, key, done))
-        await asyncio.shield(declared)
+        await link.declare(f"exchange:{exchange}", lambda ch, cb: ch.raw.exchange_declare(
+            exchange, exchange_type="fanout", durable=True, callback=cb))
         return exchange
 
-    @staticmethod
-    async def _declare_now(link: Link, exchange: str) -> None:
-        channel = await link.borrow()
-        try:
-            await rpc(channel, lambda cb: channel.raw.exchange_declare(exchange, exchange_type="fanout", durable=True,
-                                                                       callback=cb))
-        finally:
-            link.give_back(channel)
-
     async def _bind(self, link: Link, topic: str) -> None:
-        key = f"bound:{topic}"
-        if key in link.declared:
-            return
-        link.declared[key] = asyncio.get_running_loop().create_future()  # claimed: one binding per topic and link
-        try:
+        """Subscribe to `topic` on `link` (once per link): an exclusive queue bound to its exchange."""
+
+        async def bind() -> None:
             exchange = await self._declare_exchange(link, topic)
             channel = await link.open_channel(essential=True)
             frame = await rpc(channel, lambda cb: channel.raw.queue_declare("", exclusive=True, auto_delete=True,
@@ -307,9 +280,8 @@ class AmqpSide:
                 self._listener.on_event(topic, body)
 
             await rpc(channel, lambda cb: channel.raw.basic_consume(queue, deliver, auto_ack=True, callback=cb))
-        except BaseException:
-            link.declared.pop(key, None)
-            raise
+
+        await link.once(f"bound:{topic}", bind)
 
     async def _serve(self, link: Link, queue: str) -> None:
         """Consume `queue`'s requests on a channel of their own, with the queue's prefetch."""
@@ -365,12 +337,6 @@ class AmqpSide:
 
     def _on_reply(self, _raw: Any, _method: Any, _props: Any, body: bytes) -> None:
         self._listener.on_reply(body)
-
-
-def _forget_failure(link: Link, key: str, done: asyncio.Future[None]) -> None:
-    """A failed declare is tried again by the next caller (and its failure marked as seen)."""
-    if done.cancelled() or done.exception() is not None:
-        link.declared.pop(key, None)
 
 
 async def _cancel(channel: Channel, tag: str) -> None:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 from skipper.core.errors import Unavailable
 from skipper.core.messages import Message
-from skipper.transports.amqp_async.channel import Channel, ChannelGone, Unroutable, rpc
+from skipper.transports.amqp_async.channel import Unroutable
 from skipper.transports.amqp_async.link import Link
 from skipper.transports.rabbitmq.wire import encode
 
@@ -36,39 +35,16 @@ class Topology:
 
     # --- declares ----------------------------------------------------------------------
 
-    async def _declare(self, link: Link, key: str, invoke: Callable[[Channel, Callable[[Any], None]], object]) -> None:
-        fut = link.declared.get(key)
-        if fut is None:
-            fut = asyncio.ensure_future(self._declare_now(link, invoke))
-            link.declared[key] = fut
-
-            def forget_failure(done: asyncio.Future[None]) -> None:
-                if done.cancelled() or done.exception() is not None:
-                    link.declared.pop(key, None)
-
-            fut.add_done_callback(forget_failure)
-            fut.add_done_callback(retrieve)
-        await asyncio.shield(fut)
-
-    async def _declare_now(self, link: Link, invoke: Callable[[Channel, Callable[[Any], None]], object]) -> None:
-        channel = await link.borrow()
-        try:
-            await rpc(channel, lambda cb: invoke(channel, cb))
-        finally:
-            link.give_back(channel)
-
     async def declare_queue(self, link: Link, name: str, arguments: dict[str, Any] | None = None) -> None:
         self.objects.add(("queue", name))
-        await self._declare(
-            link,
+        await link.declare(
             f"queue:{name}",
             lambda ch, cb: ch.raw.queue_declare(name, durable=True, arguments=arguments, callback=cb),
         )
 
     async def declare_exchange(self, link: Link, name: str) -> None:
         self.objects.add(("exchange", name))
-        await self._declare(
-            link,
+        await link.declare(
             f"exchange:{name}",
             lambda ch, cb: ch.raw.exchange_declare(name, exchange_type="fanout", durable=True, callback=cb),
         )
@@ -142,16 +118,7 @@ class Topology:
         return probe
 
     async def _probe(self, link: Link, name: str) -> int:
-        channel = await link.borrow()
-        try:
-            frame = await rpc(channel, lambda cb: channel.raw.queue_declare(name, passive=True, callback=cb))
-            count = int(frame.method.consumer_count)
-        except ChannelGone as gone:
-            if gone.reply_code != 404:
-                raise
-            count = 0  # the queue does not exist: nobody consumes it
-        finally:
-            link.give_back(channel)
+        count = await link.consumer_count(name)
         if count > 0:
             link.presence[name] = (count, time.monotonic())
         else:
