@@ -12,6 +12,7 @@ import pika.exceptions
 
 from skipper.core.errors import Unavailable
 from skipper.transports.amqp_async.channel import RPC_TIMEOUT_S, Channel, ChannelGone, Connection, rpc
+from skipper.transports.amqp_async.stream import LoopStreamServices
 
 CONNECT_TIMEOUT_S = 10.0
 SPARE_CHANNELS = 4
@@ -68,7 +69,7 @@ class Link:
 
         link.conn = Connection(
             params, on_open_callback=on_open, on_open_error_callback=on_open_error, on_close_callback=closed,
-            custom_ioloop=loop,
+            custom_ioloop=LoopStreamServices(loop),
         )
         try:
             await asyncio.wait_for(opened, CONNECT_TIMEOUT_S)
