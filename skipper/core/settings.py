@@ -66,7 +66,9 @@ class HttpSettings(_Section):
     max_body_bytes: int = Field(1024 * 1024, ge=1)
     predict_timeout_s: float = Field(5.0, gt=0)
     max_instances: int = Field(1024, ge=1)
-    predict_pipeline: int = Field(4, ge=1, le=256)  # broker transports: bus requests in flight per model
+    # Broker transports: bus requests in flight per model (requests queued meanwhile are merged);
+    # 0: one per serving replica of the model, as the api hears them announce (skipper.modules.api.coalesce).
+    predict_pipeline: int = Field(0, ge=0, le=256)
     page_size_max: int = Field(200, ge=1)
     max_json_depth: int = Field(32, ge=2, le=512)  # deeper request bodies are 400
     # Host header allow-list; empty: loopback names when bound to loopback, any host otherwise.

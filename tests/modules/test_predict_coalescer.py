@@ -122,3 +122,31 @@ async def test_a_lone_request_is_sent_from_its_own_task_and_the_pipeline_bound_s
     assert senders[1:3] == callers[:2]
     assert sorted(row[0] for rows in bus.sent[3:] for row in rows) == [float(i) for i in range(2, 10)]
     assert len(bus.sent) < 11
+
+
+async def test_the_window_follows_the_serving_replicas_and_never_closes() -> None:
+    # The api's default: one bus request in flight per replica serving the model, asked as it goes.
+    bus = FakeBus(delay=0.02)
+    replicas = {"m": 0}
+    coalescer = PredictCoalescer(bus.send, max_rows=1, pipeline=lambda model: replicas[model])
+
+    # No server heard of yet: still one bus request at a time (a request must be able to go out).
+    await asyncio.gather(*(coalescer.predict("m", [[float(i)]], "c") for i in range(4)))
+    assert bus.max_in_flight == 1 and len(bus.sent) == 4
+
+    # Three servers announce: three bus requests in flight, never more.
+    replicas["m"] = 3
+    bus.max_in_flight = 0
+    replies = await asyncio.gather(*(coalescer.predict("m", [[float(i)]], "c") for i in range(12)))
+    assert [r["predictions"] for r in replies] == [[i * 10.0] for i in range(12)]
+    assert bus.max_in_flight == 3
+
+    # One leaves while requests wait: the window narrows for the bus requests still to go out.
+    bus.max_in_flight = 0
+    callers = [asyncio.create_task(coalescer.predict("m", [[float(i)]], "c")) for i in range(12)]
+    await asyncio.sleep(0)
+    replicas["m"] = 1
+    await asyncio.sleep(0.03)  # the three that went out at once have come back
+    bus.max_in_flight = bus.in_flight
+    await asyncio.gather(*callers)
+    assert bus.max_in_flight == 1

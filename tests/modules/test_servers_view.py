@@ -13,6 +13,7 @@ import httpx
 from skipper.app.runtime import Runtime
 from skipper.core import contracts, signing
 from skipper.core.messages import Message
+from skipper.modules.api.replicas import ReplicaView
 from skipper.modules.serving.presence import Presence
 from tests.apphelpers import running_skipper
 
@@ -80,3 +81,25 @@ async def test_with_a_signing_key_an_unsigned_announcement_is_ignored(tmp_path: 
         await rt.bus.publish(contracts.SERVER_ANNOUNCED, Message(type=contracts.SERVER_ANNOUNCED, body=signed))
         listed = await until(lambda: _with_count(client, 1))
         assert set(listed) == {"real:1"}
+
+
+async def test_the_replica_count_per_model_is_what_the_coalescer_window_reads() -> None:
+    view = ReplicaView(None)
+
+    async def announce(server: str, models: dict[str, int], *, period_s: float = 5.0, leaving: bool = False) -> None:
+        body = {"id": server, "host": "h", "role": "server", "models": models, "uptime_s": 1.0, "period_s": period_s,
+                "skipper": "test", "leaving": leaving}
+        await view.on_announced(Message(type=contracts.SERVER_ANNOUNCED, body=body))
+
+    assert view.serving("diabetes") == 0
+    await announce("a:1", {"diabetes": 2, "wine": 1})
+    await announce("b:1", {"diabetes": 3})
+    await announce("c:1", {})
+    assert (view.serving("diabetes"), view.serving("wine"), view.serving("iris")) == (2, 1, 0)
+    await announce("b:1", {}, leaving=True)
+    assert view.serving("diabetes") == 1
+    # A server silent for three of its periods no longer counts, even before anything prunes the view.
+    await announce("d:1", {"diabetes": 3}, period_s=0.05)
+    assert view.serving("diabetes") == 2
+    await asyncio.sleep(0.2)
+    assert view.serving("diabetes") == 1

@@ -72,6 +72,11 @@ class ReplicaView:
         self._prune(now)
         return [r.to_json(now) for r in sorted(self._replicas.values(), key=lambda r: r.id)]
 
+    def serving(self, model: str) -> int:
+        """How many live servers serve some version of `model`."""
+        now = time.monotonic()
+        return sum(1 for r in self._replicas.values() if model in r.models and now - r.heard <= SILENT_PERIODS * r.period_s)
+
     def _prune(self, now: float) -> None:
         for rid in [rid for rid, r in self._replicas.items() if now - r.heard > SILENT_PERIODS * r.period_s]:
             del self._replicas[rid]

@@ -70,7 +70,7 @@ class ApiService:
         # In-process the server batches by itself; across a broker, fewer and larger bus requests pay.
         self._coalescer = (
             PredictCoalescer(self._request_rows, max_rows=settings.serving.max_batch_size,
-                             pipeline=settings.http.predict_pipeline)
+                             pipeline=settings.http.predict_pipeline or self._replicas.serving)
             if settings.transport != "memory" else None
         )
 
