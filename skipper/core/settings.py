@@ -89,6 +89,9 @@ class ServingSettings(_Section):
     max_artifact_bytes: int = Field(512 * 1024 * 1024, ge=1)
     max_member_bytes: int = Field(512 * 1024 * 1024, ge=1)
     jit_compile: bool = False  # True: XLA for the batch sizes where it is faster, compiled in the background
+    # TensorFlow's pools for the whole process, 0: its default (one thread per core); see serving/tfpools.py.
+    tf_inter_op_threads: int = Field(1, ge=0)
+    tf_intra_op_threads: int = Field(0, ge=0)
     catch_up_timeout_s: float = Field(30.0, gt=0)
     max_queued_rows: int = Field(8192, ge=1)  # per model; past it predictions are shed with 503 + Retry-After
     resync_s: float = Field(30.0, gt=0)  # how often a server re-checks the registry's production versions

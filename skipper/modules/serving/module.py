@@ -29,6 +29,7 @@ from skipper.modules.serving.memory import Footprint, MemoryGuard, footprint
 from skipper.modules.serving.predictor import Predictor, resolve_predictor
 from skipper.modules.serving.presence import Presence
 from skipper.modules.serving.release import Release, supersedes
+from skipper.modules.serving.tfpools import size_tensorflow_pools
 
 log = logging.getLogger("skipper.serving")
 
@@ -62,6 +63,7 @@ class ServingModule(Module):
     name = "serving"
 
     def __init__(self, *, settings: Settings, bus: Transport, events: EventEmitter, role: str = "server") -> None:
+        size_tensorflow_pools(settings.serving)  # before any model loads: TensorFlow reads them once
         self._settings = settings
         self._bus = bus
         self._events = events
