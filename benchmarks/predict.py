@@ -285,6 +285,7 @@ def deployment(variant: str, procs: Processes, workdir: Path, epochs: int, artif
             yield Deployment(f"http://127.0.0.1:{port}/predict", pids=(proc.pid,))
             return
         trainer = None
+        broker: str | None = None
         if variant == "memory":
             api, _, api_ready_s = skipper(procs, variant, "all", env, ready=True)
             ready = [f"{api}/ready"]
@@ -312,9 +313,8 @@ def deployment(variant: str, procs: Processes, workdir: Path, epochs: int, artif
             artifact.write_bytes(data)
         # What serves predictions: not the trainer (stopping) nor the late server (stopped).
         serving = tuple(p.pid for p in procs.procs if p.poll() is None and p is not trainer)
-        broker = tuple(pids_named(BROKER_PROCESS[variant.rsplit("-", 1)[0] if variant[-1].isdigit() else variant])
-                       if variant != "memory" else ())
-        yield Deployment(f"{api}/models/diabetes/predict", api, tuple(ready), timed, serving, broker)
+        broker_pids = tuple(pids_named(BROKER_PROCESS[broker])) if broker is not None else ()
+        yield Deployment(f"{api}/models/diabetes/predict", api, tuple(ready), timed, serving, broker_pids)
     finally:
         procs.stop_all()
 

@@ -14,7 +14,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from skipper.app.container import Container
-from skipper.core.heap import freeze_start_up_heap
+from skipper.core import heap
 from skipper.core.http import create_app
 from skipper.core.module import Module
 from skipper.core.roles import role_label
@@ -139,7 +139,7 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            freeze_start_up_heap()  # the modules have started: what they built stays, and needs no more scans
+            heap.freeze()  # the modules have started: what they built stays, and needs no more scans
         if self.started and "api" in self._runtime.roles:
             host = self.config.host
             shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else (f"[{host}]" if ":" in host else host)

@@ -21,11 +21,17 @@ FROZEN = Gauge("skipper_gc_frozen_objects", "Objects the garbage collector no lo
 FROZEN.set_function(gc.get_freeze_count)
 
 
-def freeze_start_up_heap() -> None:
+def freeze() -> None:
     """Collect once, then freeze what survives, so later full collections scan only newer objects.
 
-    Frozen objects are never collected: call it once start-up has built what the process keeps.
-    (The serving store unfreezes to reclaim a retired model, then freezes again.)
+    Frozen objects are never collected: call it once the process has built what it keeps (its
+    start-up, a model loaded).
     """
     gc.collect()
     gc.freeze()
+
+
+def refreeze() -> None:
+    """Let the collector reclaim what was frozen and has since become garbage (a retired model), then freeze again."""
+    gc.unfreeze()
+    freeze()

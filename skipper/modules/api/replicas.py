@@ -32,6 +32,10 @@ class Replica:
     heard: float  # time.monotonic() when heard
     heard_at: float  # time.time() when heard
 
+    def alive(self, now: float) -> bool:
+        """Heard from within three of its own periods."""
+        return now - self.heard <= SILENT_PERIODS * self.period_s
+
     def to_json(self, now: float) -> dict[str, Any]:
         return {"id": self.id, "host": self.host, "role": self.role, "models": dict(self.models),
                 "uptime_s": round(self.uptime_s + (now - self.heard), 1), "skipper": self.skipper,
@@ -75,8 +79,8 @@ class ReplicaView:
     def serving(self, model: str) -> int:
         """How many live servers serve some version of `model`."""
         now = time.monotonic()
-        return sum(1 for r in self._replicas.values() if model in r.models and now - r.heard <= SILENT_PERIODS * r.period_s)
+        return sum(1 for r in self._replicas.values() if model in r.models and r.alive(now))
 
     def _prune(self, now: float) -> None:
-        for rid in [rid for rid, r in self._replicas.items() if now - r.heard > SILENT_PERIODS * r.period_s]:
+        for rid in [rid for rid, r in self._replicas.items() if not r.alive(now)]:
             del self._replicas[rid]

@@ -7,7 +7,6 @@ directory behind, so the model already serving is untouched.
 
 from __future__ import annotations
 
-import gc
 import gzip
 import io
 import json
@@ -24,7 +23,7 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 
-from skipper.core import artifacts
+from skipper.core import artifacts, heap
 from skipper.core.errors import ArtifactRejected, SkipperError
 from skipper.core.settings import Settings
 from skipper.modules.serving.predictor import Predictor, PredictorFactory
@@ -153,8 +152,7 @@ def prepare(
         batch_ms = _time_full_batch(predictor, serving.max_batch_size)
         lap("warm_up_ms")
         # TF leaves many long-lived objects behind; freezing them keeps gen-2 collections short.
-        gc.collect()
-        gc.freeze()
+        heap.freeze()
     except BaseException as exc:
         shutil.rmtree(directory, ignore_errors=True)
         if isinstance(exc, ArtifactRejected):
@@ -173,9 +171,7 @@ def remove(directory: Path) -> None:
 
 def recollect() -> None:
     """Let the collector reclaim a retired model (frozen objects are never collected)."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
+    heap.refreeze()
 
 
 # --- internals ---------------------------------------------------------------------------
