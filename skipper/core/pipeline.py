@@ -33,7 +33,7 @@ from skipper.core.errors import (
     ValidationFailed,
 )
 from skipper.core.frontdoor import HotRoute
-from skipper.core.routing import SKIPPER_ERRORS, Call, Endpoint, ErrorStyle, RouteGroup
+from skipper.core.routing import SKIPPER_ERRORS, Call, Endpoint, ErrorStyle, RouteGroup, header
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +138,7 @@ _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
 
 def require_json(request: Request) -> None:
     """A state change must be JSON (or carry no content type at all, as some inference clients do)."""
-    raw = request.headers.get("content-type")
+    raw = header(request, b"content-type")
     if raw is None:
         return
     media = raw.split(";", 1)[0].strip().lower()
@@ -149,10 +149,10 @@ def require_json(request: Request) -> None:
 
 def refuse_cross_site(request: Request, cors_origins: Sequence[str]) -> None:
     """A browser names the page's origin on every cross-site POST; only this host and CORS origins may change state."""
-    origin = request.headers.get("origin")
+    origin = header(request, b"origin")
     if origin is None or origin in cors_origins:
         return
-    if origin == "null" or urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
+    if origin == "null" or urlsplit(origin).netloc.lower() != (header(request, b"host") or "").lower():
         raise Forbidden(f"cross-site request from {origin!r} refused", details={"origin": origin})
 
 
@@ -214,7 +214,7 @@ NO_BODY: Any = object()  # what `read_json` returns for an empty body (as oppose
 
 async def read_json(request: Request, max_bytes: int, max_depth: int = 32) -> Any:
     """The request body parsed as JSON (`NO_BODY` when empty): 413 above `max_bytes`, 400 when not JSON or too deep."""
-    declared = request.headers.get("content-length")
+    declared = header(request, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {max_bytes}",
                               details={"limit_bytes": max_bytes})

@@ -58,6 +58,19 @@ class Call(Generic[P, Q, B]):
 Handler = Callable[[Call[Any, Any, Any]], Awaitable[Response]]
 
 
+def header(request: Request, name: bytes) -> str | None:
+    """The first value of the header `name` (lower-case bytes, as the server gives them), or None.
+
+    What `request.headers.get` answers, for the request path: Starlette's `Headers.get` finds an
+    absent header by raising and catching a `KeyError`, which costs more than the whole lookup.
+    """
+    headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """A success response: its model (JSON), or a media type and a description for anything else."""

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from skipper.modules.serving.batching import Batcher
+from skipper.modules.serving.batching import Batcher, rows_from_instances
 
 
 class Model:
@@ -114,3 +114,16 @@ async def test_a_model_too_slow_for_a_full_batch_inline_still_runs_small_batches
     assert await batcher.submit(request(1, 2, 3)) == [2, 4, 6]
     # Then only the larger batch left the loop's thread
     assert threads[0] == threading.get_ident() and threads[1] != threading.get_ident()
+
+
+@pytest.mark.parametrize("instances", [
+    pytest.param([[0.5, -2.0, 3.25], [1, 2, 3]], id="floats-and-ints"),
+    pytest.param([[3.4028234663852886e38, -3.4028234663852886e38, 0.0]], id="float32-extremes"),
+    pytest.param([[True, 0.0, 1.5]], id="a-bool-as-before"),
+    pytest.param([[1e-50, 2**60, -7]], id="tiny-and-large"),
+])
+def test_valid_rows_become_the_same_float32_array_on_either_path(instances: list[list[Any]]) -> None:
+    # The usual rows skip numpy's checks; whatever path they take, the model sees numpy's own conversion.
+    rows = rows_from_instances(instances, 3)
+    assert rows.dtype == np.float32
+    np.testing.assert_array_equal(rows, np.asarray(instances, dtype=np.float32))

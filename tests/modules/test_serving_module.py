@@ -380,6 +380,9 @@ async def test_a_row_of_the_wrong_width_is_refused_naming_it_without_failing_its
     [
         pytest.param([[0.0] * N_FEATURES, [float("nan")] * N_FEATURES], "instances[1]", id="nan"),
         pytest.param([[0.0] * N_FEATURES, [0.0] * (N_FEATURES - 1) + [1e300]], "instances[1]", id="overflow"),
+        pytest.param([[0.0] * N_FEATURES, [0.0] * (N_FEATURES - 1) + [-3.5e38]], "instances[1]", id="beyond-float32"),
+        pytest.param([[0.0] * N_FEATURES, [0.0] * (N_FEATURES - 1) + [float("inf")]], "instances[1]", id="infinity"),
+        pytest.param([[0.0] * N_FEATURES, [0] * (N_FEATURES - 1) + [10**400]], "instances[1]", id="huge-int"),
         pytest.param([[0.0] * N_FEATURES, ["a"] * N_FEATURES], "instances[1]", id="not-numbers"),
         pytest.param([[0.0] * (N_FEATURES + 1)], "instances[0]", id="too-wide"),
         pytest.param([], "instances", id="empty"),

@@ -18,13 +18,13 @@ from starlette.responses import JSONResponse, Response
 from skipper import __version__
 from skipper.core.errors import BadRequest, ModelNotReady, SkipperError, ValidationFailed
 from skipper.core.jsonio import FastJSONResponse
-from skipper.core.routing import STRING_ERRORS, Call, Endpoint, RouteGroup
+from skipper.core.routing import STRING_ERRORS, Call, Endpoint, RouteGroup, header
 from skipper.modules.api import tensors
 from skipper.modules.api.models import ModelPath, VersionPath
 from skipper.modules.api.service import ApiService
 
 PLATFORM = "keras"
-BINARY_HEADER = "inference-header-content-length"
+BINARY_HEADER = b"inference-header-content-length"
 BINARY_REFUSED = "binary tensor data is not supported; send the tensors as JSON (binary_data=False)"
 
 
@@ -206,7 +206,7 @@ class OipRoutes:
 
 def _no_binary_body(request: Request) -> None:
     """A body with binary tensor data announces its JSON part's length in this header: refuse it before parsing."""
-    if request.headers.get(BINARY_HEADER) is not None:
+    if header(request, BINARY_HEADER) is not None:
         raise BadRequest(BINARY_REFUSED)
 
 
