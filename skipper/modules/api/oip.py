@@ -225,13 +225,12 @@ def _parse(body: Any, width: int, max_rows: int) -> tuple[str | None, list[list[
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise BadRequest(f"inputs must hold exactly one tensor, the feature matrix [rows, {width}]")
     tensor = inputs[0]
-    what = f"input {tensor.get('name')!r}"
     parameters = tensor.get("parameters")
     if isinstance(parameters, dict) and "binary_data_size" in parameters:
         raise BadRequest(BINARY_REFUSED)
     if "data" not in tensor:
-        raise BadRequest(f"{what} has no data")
-    rows = tensors.matrix(tensor["data"], tensor.get("datatype"), tensor.get("shape"), width, max_rows, what)
+        raise BadRequest(f"input {tensor.get('name')!r} has no data")
+    rows = tensors.matrix(tensor["data"], tensor.get("datatype"), tensor.get("shape"), width, max_rows, tensor.get("name"))
     outputs = body.get("outputs")
     if outputs is None:
         return request_id, rows, None

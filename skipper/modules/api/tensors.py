@@ -22,6 +22,7 @@ _INT_RANGE = {"INT32": 2**31, "INT64": 2**63}
 _FP32_MAX = 3.4028234663852886e38
 _INTEGERS = frozenset({int})
 _NUMBERS = frozenset({int, float})
+_FLOATS = {float}
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,52 +104,62 @@ def select(tensors: list[Tensor], wanted: Sequence[str] | None) -> list[Tensor]:
     return [by_name[name] for name in wanted]
 
 
-def matrix(data: Any, datatype: Any, shape: Any, width: int, max_rows: int, what: str) -> list[list[float]]:
-    """The rows of a `[n, width]` input tensor whose `data` is row-major, flat or nested; `BadRequest` when invalid."""
-    if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise BadRequest(f"{what}: datatype {datatype!r} is not supported; send FP32, FP64, INT32 or INT64")
-    if (not isinstance(shape, list) or len(shape) != 2
-            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
-        raise BadRequest(f"{what}: shape must be [rows, {width}], got {shape!r}")
+def matrix(data: Any, datatype: Any, shape: Any, width: int, max_rows: int, name: Any) -> list[list[float]]:
+    """The rows of a `[n, width]` input tensor `name` whose `data` is row-major, flat or nested; `BadRequest` when invalid."""
+    if type(datatype) is not str or datatype not in DATATYPES:
+        raise BadRequest(f"{_what(name)}: datatype {datatype!r} is not supported; send FP32, FP64, INT32 or INT64")
+    if type(shape) is not list or len(shape) != 2 or type(shape[0]) is not int or type(shape[1]) is not int:
+        raise BadRequest(f"{_what(name)}: shape must be [rows, {width}], got {shape!r}")
     n, columns = shape
     if columns != width:
-        raise BadRequest(f"{what}: shape {shape} has {columns} columns; the model takes {width} features")
+        raise BadRequest(f"{_what(name)}: shape {shape} has {columns} columns; the model takes {width} features")
     if n < 1 or n > max_rows:
-        raise BadRequest(f"{what}: shape {shape} must have between 1 and {max_rows} rows")
-    flat = _flatten(data, what)
+        raise BadRequest(f"{_what(name)}: shape {shape} must have between 1 and {max_rows} rows")
+    flat = _flatten(data, name)
     if len(flat) != n * width:
-        raise BadRequest(f"{what}: data has {len(flat)} elements; shape {shape} needs {n * width}")
-    limit = _INT_RANGE.get(datatype, _FP32_MAX if datatype == "FP32" else math.inf)
-    values = _fast(flat, datatype, limit)
+        raise BadRequest(f"{_what(name)}: data has {len(flat)} elements; shape {shape} needs {n * width}")
+    integer = datatype in _INT_RANGE
+    limit = _INT_RANGE[datatype] if integer else _FP32_MAX if datatype == "FP32" else math.inf
+    values = _fast(flat, integer, limit)
     if values is None:  # something is wrong: find it, value by value, and say what
-        check = _integer if datatype in _INT_RANGE else _real
+        check = _integer if integer else _real
+        what = _what(name)
         values = [check(v, limit, datatype, what) for v in flat]
+    if width == len(values):
+        return [values]
     return [values[i : i + width] for i in range(0, len(values), width)]
 
 
-def _fast(flat: list[Any], datatype: str, limit: float) -> list[float] | None:
+def _what(name: Any) -> str:
+    return f"input {name!r}"
+
+
+def _fast(flat: list[Any], integer: bool, limit: float) -> list[float] | None:
     """The values as floats when all are valid (checked a whole list at a time), else None."""
-    integer = datatype in _INT_RANGE
-    allowed = _INTEGERS if integer else _NUMBERS  # by exact type: a bool is not a number here
-    if not allowed.issuperset(map(type, flat)):
+    types = set(map(type, flat))
+    if integer:
+        if types != _INTEGERS or not (-limit <= min(flat) and max(flat) < limit):
+            return None
+        return list(map(float, flat))
+    if not _NUMBERS.issuperset(types):  # by exact type: a bool is not a number here
         return None
     try:
-        values = list(map(float, flat))
+        values = flat if types == _FLOATS else list(map(float, flat))
     except OverflowError:
         return None
-    if integer:
-        return values if -limit <= min(flat) and max(flat) < limit else None
-    largest = max(map(abs, values))
-    return values if largest <= limit and largest != math.inf else None
+    # A NaN or an infinity makes the sum non-finite (so may finite values' overflow: the checked path decides).
+    if not math.isfinite(sum(values)) or max(values) > limit or min(values) < -limit:
+        return None
+    return values
 
 
 def _is_class(value: Any) -> bool:
     return isinstance(value, dict) and "label" in value and isinstance(value.get("probabilities"), dict)
 
 
-def _flatten(data: Any, what: str) -> list[Any]:
+def _flatten(data: Any, name: Any) -> list[Any]:
     if not isinstance(data, list):
-        raise BadRequest(f"{what}: data must be a list")
+        raise BadRequest(f"{_what(name)}: data must be a list")
     if not data or not isinstance(data[0], list):
         return data  # flat already (the common case); a stray list inside fails the element check
     flat: list[Any] = []
