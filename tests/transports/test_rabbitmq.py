@@ -476,6 +476,33 @@ async def test_concurrent_requests_each_get_their_own_reply(broker: Broker) -> N
     assert [r.data["y"] for r in replies] == [x * x for x in range(200)]
 
 
+async def test_a_server_sends_each_reply_and_the_ack_of_its_request_in_one_write(broker: Broker) -> None:
+    # Given a server answering requests, whose connection's writes to the broker are counted
+    server, client = broker.transport(), broker.transport()
+    server.consume("echo", _echo)
+    await server.start()
+    await client.start()
+    await client.request("echo", Message(type="q", body={"n": -1}), timeout=10)  # warmed up: declared, consuming
+    link = server.link
+    assert link is not None and link.conn is not None
+    writes: list[bytes] = []
+    emit = link.conn._adapter_emit_data
+    link.conn._adapter_emit_data = lambda data: (writes.append(data), emit(data))
+    # When it answers ten requests, one at a time
+    for n in range(10):
+        reply = await client.request("echo", Message(type="q", body={"n": n}), timeout=10)
+        assert reply.data == {"n": n}
+    # Then each answer went out as one write: the reply (method, header, body frames) and the ack
+    assert len(writes) == 10, [len(w) for w in writes]
+    # And every request was acknowledged: closing the server requeues nothing
+    await server.close()
+    assert await broker.message_count("echo") == 0
+
+
+async def _echo(msg: Message) -> Message:
+    return msg.reply(dict(msg.data))
+
+
 # --- on the wire ---------------------------------------------------------------------------
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pika
@@ -111,6 +111,11 @@ class Channel:
         else:
             fut.set_exception(Unavailable("RabbitMQ refused the message (nack)"))
 
+    def held(self) -> contextlib.AbstractContextManager[None]:
+        """Frames written on this channel's connection inside the block leave in one write (`Connection.held`)."""
+        connection = self.raw.connection
+        return connection.held() if isinstance(connection, Connection) else contextlib.nullcontext()
+
     def ack(self, delivery_tag: int) -> None:
         """Ack on this channel if it is still open; a closed channel's deliveries were requeued."""
         if self.raw.is_open:
@@ -141,10 +146,33 @@ class Connection(AsyncioConnection):  # type: ignore[misc]  # pika is untyped
 
     pika hands the transport a message's method, header and body frames separately, and
     the transport then makes one `send()` system call per frame; joining the frames of one
-    small message first roughly halves the syscalls on the request path.
+    small message first roughly halves the syscalls on the request path. `held()` goes
+    further for what is written together: a server's reply and the ack of the request
+    leave in one write, one system call and one wake-up of the broker instead of two.
     """
 
+    _held: list[bytes] | None = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Everything written inside leaves in one write at the end (a reply and the ack of its request)."""
+        if self._held is not None:  # already holding: the outermost block writes
+            yield
+            return
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            if held and self._transport is not None:
+                self._adapter_emit_data(b"".join(held))
+
     def _output_marshaled_frames(self, marshaled_frames: list[bytes]) -> None:
+        if self._held is not None:
+            self._held.extend(marshaled_frames)
+            self.bytes_sent += sum(map(len, marshaled_frames))
+            self.frames_sent += len(marshaled_frames)
+            return
         if len(marshaled_frames) > 1 and sum(map(len, marshaled_frames)) <= _COALESCE_MAX_BYTES:
             data = b"".join(marshaled_frames)
             self.bytes_sent += len(data)

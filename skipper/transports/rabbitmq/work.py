@@ -125,9 +125,10 @@ class WorkDeliveries:
         queue = consumer.queue
         if msg.reply_to is not None:
             outcome = await self._t.run_handler(queue, consumer.handler, msg)
-            if outcome.reply is not None and props.reply_to:
-                self._send_reply(channel, props, outcome.reply)
-            channel.ack(tag)
+            with channel.held():  # the reply and the ack in one write
+                if outcome.reply is not None and props.reply_to:
+                    self._send_reply(channel, props, outcome.reply)
+                channel.ack(tag)
             return
         if redelivered:
             # Delivered before and never acked: the consumer died (or its link did) mid-handler.
