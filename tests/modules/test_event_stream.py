@@ -181,3 +181,44 @@ async def test_the_feed_waits_at_a_gap_for_an_event_committed_late(tmp_path: Pat
     await feed.advance()
     assert feed.horizon == 7
     db.dispose()
+
+
+async def test_the_feed_reads_the_table_only_while_a_stream_waits_on_it(tmp_path: Path) -> None:
+    # Given a started feed polling every 20 ms, whose reads of the table are counted
+    db = Database(f"sqlite:///{tmp_path / 'events.db'}")
+    db.create_schema()
+    events = EventRepository(db)
+    reads: list[int] = []
+    ids_after = events.ids_after
+    events.ids_after = lambda after: (reads.append(after), ids_after(after))[1]  # type: ignore[method-assign]
+
+    def put(event_id: int) -> None:
+        with db.sessions.begin() as s:
+            s.execute(insert(EventRow).values(id=event_id, kind="k", source="t", fields={}))
+
+    feed = EventFeed(events, poll_s=0.02)
+    await feed.start()
+    try:
+        # When no stream is open, nothing reads the table, however many events come
+        await asyncio.sleep(0.2)
+        put(1)
+        feed.nudge()
+        await asyncio.sleep(0.2)
+        assert reads == []
+        # Then a stream starting "from now" sees the table as it is (the feed was resting)
+        assert await feed.now() == 1
+        # And a stream waiting on the feed gets an event committed meanwhile, from the feed's polls
+        waiting = asyncio.create_task(feed.wait(1, timeout=5))
+        await asyncio.sleep(0.1)
+        put(2)
+        assert await asyncio.wait_for(waiting, 5) == 2
+        polled = len(reads)
+        assert polled >= 3
+        # And once no stream waits, the feed rests again
+        await asyncio.sleep(0.2)
+        settled = len(reads)
+        await asyncio.sleep(0.2)
+        assert len(reads) == settled
+    finally:
+        await feed.stop()
+        db.dispose()

@@ -9,8 +9,9 @@ Ids are handed out when a row is inserted but become visible when it commits, an
 replicas commit in any order: id 11 can be readable before id 10. Streams therefore only
 read up to the *horizon*, the highest id below which every id is readable, so none is
 skipped. An id that stays missing (a rolled-back insert) is given up on after
-`GAP_WAIT_S`. One `EventFeed` per process polls the table for the horizon; streams wake
-when it moves.
+`GAP_WAIT_S`. One `EventFeed` per process polls the table for the horizon while a stream
+waits on it, and streams wake when it moves; with no stream open it rests (no query every
+`POLL_S` on a server busy with predictions) and a new stream brings the horizon up to date.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class EventFeed:
         self._gap: tuple[int, float] | None = None  # the first missing id, and since when
         self._moved = asyncio.Event()
         self._nudged = asyncio.Event()
+        self._watchers = 0  # streams in `wait` now: the feed polls only while there are some
+        self._watched = asyncio.Event()
+        self._reading = asyncio.Lock()  # one `advance` at a time: the loop's and a stream's `now`
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
 
@@ -66,22 +70,36 @@ class EventFeed:
         """An event was just written here: look now rather than at the next poll."""
         self._nudged.set()
 
+    async def now(self) -> int:
+        """The horizon, read from the table first when no stream keeps the feed polling."""
+        if not self._watchers:
+            await self.advance()
+        return self.horizon
+
     async def wait(self, beyond: int, timeout: float) -> int:
         """The horizon once it passes `beyond`, or as it is after `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        while self.horizon <= beyond:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            moved = self._moved
-            try:
-                await asyncio.wait_for(moved.wait(), left)
-            except TimeoutError:
-                break
+        self._watchers += 1
+        self._watched.set()
+        try:
+            while self.horizon <= beyond:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                moved = self._moved
+                try:
+                    await asyncio.wait_for(moved.wait(), left)
+                except TimeoutError:
+                    break
+        finally:
+            self._watchers -= 1
         return self.horizon
 
     async def _run(self) -> None:
         while not self._stopped:
+            if not self._watchers:
+                self._watched.clear()
+                await self._watched.wait()
             try:
                 await self.advance()
             except asyncio.CancelledError:
@@ -94,6 +112,10 @@ class EventFeed:
 
     async def advance(self) -> None:
         """Move the horizon over every id readable without a gap (or past a gap older than `gap_wait_s`)."""
+        async with self._reading:
+            await self._advance()
+
+    async def _advance(self) -> None:
         ids = await asyncio.to_thread(self._events.ids_after, self.horizon)
         horizon, now = self.horizon, time.monotonic()
         for i in ids:
@@ -119,7 +141,7 @@ def sse_message(event: dict[str, Any]) -> dict[str, Any]:
 async def all_events(feed: EventFeed, events: EventRepository, last_id: int | None,
                      *, idle_s: float = 5.0) -> AsyncIterator[dict[str, Any]]:
     """Every event after `last_id` (from now when None), as it becomes readable; endless."""
-    last = feed.horizon if last_id is None else last_id
+    last = await feed.now() if last_id is None else last_id
     while True:
         horizon = await feed.wait(last, idle_s)
         while last < horizon:
@@ -141,7 +163,7 @@ async def task_events(feed: EventFeed, events: EventRepository, tasks: TaskRepos
     """
     last = last_id or 0
     while True:
-        horizon = max(feed.horizon, last)
+        horizon = max(await feed.now(), last)
         while True:
             page = await asyncio.to_thread(events.after, last, upto=horizon, task_id=task_id, limit=PAGE)
             for event in page:
