@@ -7,6 +7,7 @@ Every answer is compared with the native route's predictions for the same rows.
 from __future__ import annotations
 
 import json
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,6 +136,14 @@ def test_tf_serving_rest_over_plain_http(live: LiveSkipper) -> None:
     assert http("POST", f"{root}/v1/models/diabetes:predict", {"instances": rows, "inputs": rows})[0] == 400
     status, body = http("POST", f"{root}/v1/models/diabetes/versions/1:predict", {"instances": rows})
     assert status == 503 and isinstance(body["error"], str)
+
+
+def test_responses_carry_the_correlation_id_and_do_not_name_the_server_software(live: LiveSkipper) -> None:
+    with urllib.request.urlopen(f"{live.api}/health", timeout=10) as response:
+        assert response.status == 200
+        assert response.headers.get("x-correlation-id")
+        assert response.headers.get("date")
+        assert response.headers.get("server") is None
 
 
 def test_a_client_of_the_original_skipper_trains_polls_and_predicts(live: LiveSkipper) -> None:
