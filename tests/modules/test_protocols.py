@@ -310,3 +310,15 @@ def test_several_targets_become_side_by_side_columns_in_the_order_the_server_ans
     assert [(s.name, s.shape) for s in output_specs(metadata)] == [("probabilities", [-1, 5]), ("label", [-1, 2])]
     assert [(s.name, s.shape) for s in output_specs({"kind": "regression", "targets": ["a", "b"]})] == [
         ("predictions", [-1, 2])]
+
+
+@pytest.mark.parametrize("predictions", [[152.5, -3.25], [152.5, 7], [4, 5]])
+@pytest.mark.parametrize("wanted", [None, ["predictions"]])
+def test_one_target_regression_outputs_are_the_general_conversion(predictions: list[Any], wanted: list[str] | None) -> None:
+    # The usual answer (floats, one target) skips building tensors; it must say exactly what the general path says.
+    from skipper.modules.api import oip, tensors
+
+    general = [{"name": t.name, "datatype": t.datatype, "shape": t.shape, "data": t.flat()}
+               for t in tensors.select(tensors.to_tensors(predictions), wanted)]
+    assert oip._outputs(predictions, wanted) == general
+    assert [type(v) for v in oip._outputs(predictions, wanted)[0]["data"]] == [float] * len(predictions)

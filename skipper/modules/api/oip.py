@@ -195,13 +195,23 @@ class OipRoutes:
             reply = await self._service.predict_rows(model, rows, correlation_id=call.correlation_id, version=version)
         except ValidationFailed as exc:  # the server refused the rows: still the client's input
             raise BadRequest(exc.message) from None
-        outputs = tensors.select(tensors.to_tensors(reply["predictions"]), wanted)
         answer: dict[str, Any] = {"model_name": model, "model_version": str(reply["model_version"])}
         if request_id is not None:
             answer["id"] = request_id
-        answer["outputs"] = [{"name": t.name, "datatype": t.datatype, "shape": t.shape, "data": t.flat()}
-                             for t in outputs]
+        answer["outputs"] = _outputs(reply["predictions"], wanted)
         return FastJSONResponse(answer)
+
+
+_FLOATS = {float}
+
+
+def _outputs(predictions: list[Any], wanted: list[str] | None) -> list[dict[str, Any]]:
+    """The output tensors as JSON: `predictions` (`[rows, 1]`, the data as the server sent it) for the usual
+    one-target regression, the general conversion (`tensors.to_tensors`) for anything else."""
+    if (wanted is None or wanted == ["predictions"]) and predictions and set(map(type, predictions)) == _FLOATS:
+        return [{"name": "predictions", "datatype": "FP32", "shape": [len(predictions), 1], "data": predictions}]
+    return [{"name": t.name, "datatype": t.datatype, "shape": t.shape, "data": t.flat()}
+            for t in tensors.select(tensors.to_tensors(predictions), wanted)]
 
 
 def _no_binary_body(request: Request) -> None:
