@@ -3,7 +3,11 @@
 Starts each deployment as real processes, trains `diabetes` through its API, then drives
 `POST /models/diabetes/predict` with wrk (a separate load generator, not a Python client
 competing for the same cores) at each concurrency, and prints a table with ratios to the
-bare endpoint measured in the same run. Machines are shared and noisy: compare ratios.
+bare endpoint. Machines are shared and noisy: compare ratios. The bare endpoint starts once
+the first variant has trained the model and is measured in every variant's rounds, between
+that variant's own measurements (the `bare @ <variant>` rows): each ratio compares figures
+of the same minutes, not of two ends of a quarter-hour run. With `--rounds`, each figure is
+the median of its rounds (p99 the worst).
 
 Beside the wall-clock figures, each row has the CPU time (user + system, from /proc) that the
 deployment's own processes (api, servers; the all-in-one process; the bare endpoint) spent per
@@ -39,6 +43,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -347,9 +352,13 @@ def run_wrk(url: str, concurrency: int, duration: int, lua: Path, deployed: Depl
     return rps, lat.get(50, float("nan")), lat.get(99, float("nan")), errors, cpu[0], cpu[1]
 
 
-def mean(values: list[float | None]) -> float | None:
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def median_known(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
-    return sum(known) / len(known) if known and len(known) == len(values) else None
+    return statistics.median(known) if known and len(known) == len(values) else None
 
 
 def main() -> None:
@@ -364,7 +373,7 @@ def main() -> None:
     parser.add_argument("--lifecycle", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure start-up and rollout times (trains two more versions per deployment)")
     parser.add_argument("--rounds", type=int, default=1, help="measurements per variant and level, interleaved "
-                                                                 "(averaged: req/s and p50; p99 is the worst)")
+                                                                 "(medians: req/s, p50, CPU; p99 is the worst)")
     args = parser.parse_args()
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     if unknown := set(protocols) - set(PROTOCOLS):
@@ -372,66 +381,88 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is required: apt-get install wrk")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    # The bare endpoint needs an artifact: let a Skipper variant train it first.
-    variants.sort(key=lambda v: v == "bare")
+    with_bare = "bare" in variants
+    variants = [v for v in variants if v != "bare"]
+    if with_bare and not variants:
+        sys.exit("the bare endpoint serves a model a Skipper variant trains: name one too")
     levels = [int(c) for c in args.concurrency.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="skipper-bench-"))
     artifact = workdir / "diabetes.tar.gz"
     procs = Processes(workdir)
     results: list[Result] = []
     lifecycles: list[Lifecycle] = []
-    try:
-        for variant in variants:
-            with deployment(variant, procs, workdir, args.epochs, artifact, args.lifecycle) as deployed:
-                predict_url = deployed.predict_url
-                targets = []
-                for protocol in ["native"] if variant == "bare" else protocols:
-                    url, body = protocol_request(protocol, predict_url, args.rows)
-                    status, reply = http("POST", url, body)
-                    assert status == 200, reply
-                    lua = workdir / f"post-{protocol}.lua"
-                    lua.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
-                                   'wrk.headers["Content-Type"] = "application/json"\n')
-                    name = variant if protocol == "native" else f"{variant}/{protocol}"
-                    targets.append((name, url, lua))
-                for c in levels:
-                    # Interleaved in rounds at each level, so drifting load on a shared machine hits each alike.
-                    rounds: dict[str, list[Measured]] = {name: [] for name, _, _ in targets}
-                    for _ in range(args.rounds):
-                        for name, url, lua in targets:
-                            run = run_wrk(url, c, args.duration, lua, deployed)
-                            rounds[name].append(run)
-                            rps, p50, p99, errors, cpu, _ = run
-                            print(f"  {name:<22} c={c:<3} {rps:>9.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:7.2f} ms"
-                                  f"  errors {errors}  cpu {cpu or float('nan'):.0f} us/req", file=sys.stderr, flush=True)
-                    for name, runs in rounds.items():
-                        n = len(runs)
-                        results.append(Result(name, c, sum(r[0] for r in runs) / n, sum(r[1] for r in runs) / n,
-                                              max(r[2] for r in runs), sum(r[3] for r in runs),
-                                              mean([r[4] for r in runs]), mean([r[5] for r in runs])))
-                if deployed.lifecycle is not None:  # last: it changes the version served
-                    lua = workdir / "rollout.lua"
-                    _, body = protocol_request("native", predict_url, args.rows)
-                    lua.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
-                                   'wrk.headers["Content-Type"] = "application/json"\n')
-                    measure_rollouts(deployed, deployed.lifecycle, lua)
-                    lifecycles.append(deployed.lifecycle)
-    finally:
-        procs.stop_all()
-    print_table(results, levels)
+    with contextlib.ExitStack() as stack:
+        bare: Deployment | None = None
+        bare_lua = workdir / "post-bare.lua"
+        try:
+            for variant in variants:
+                with deployment(variant, procs, workdir, args.epochs, artifact, args.lifecycle) as deployed:
+                    if with_bare and bare is None:
+                        # Started once the first variant trained its model, then kept: it is measured in every
+                        # variant's rounds, beside it, so each ratio compares two figures of the same minutes.
+                        bare = stack.enter_context(deployment("bare", Processes(workdir), workdir, args.epochs,
+                                                              artifact, False))
+                        _, body = protocol_request("native", bare.predict_url, args.rows)
+                        bare_lua.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
+                                            'wrk.headers["Content-Type"] = "application/json"\n')
+                    measure_variant(variant, deployed, bare, bare_lua, protocols, levels, args, workdir, results)
+                    if deployed.lifecycle is not None:  # last: it changes the version served
+                        lua = workdir / "rollout.lua"
+                        _, body = protocol_request("native", deployed.predict_url, args.rows)
+                        lua.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
+                                       'wrk.headers["Content-Type"] = "application/json"\n')
+                        measure_rollouts(deployed, deployed.lifecycle, lua)
+                        lifecycles.append(deployed.lifecycle)
+        finally:
+            procs.stop_all()
+    print_table(results)
     if lifecycles:
         print_lifecycles(lifecycles)
     print(f"\nlogs: {workdir}")
 
 
-def print_table(results: list[Result], levels: list[int]) -> None:
-    bare = {r.concurrency: r for r in results if r.variant == "bare"}
+def measure_variant(variant: str, deployed: Deployment, bare: Deployment | None, bare_lua: Path,
+                    protocols: list[str], levels: list[int], args: argparse.Namespace, workdir: Path,
+                    results: list[Result]) -> None:
+    """Measure `variant` (each protocol) and, beside it in the same rounds, the bare endpoint (`bare @ variant`)."""
+    targets: list[tuple[str, str, Path, Deployment]] = []
+    for protocol in protocols:
+        url, body = protocol_request(protocol, deployed.predict_url, args.rows)
+        status, reply = http("POST", url, body)
+        assert status == 200, reply
+        lua = workdir / f"post-{protocol}.lua"
+        lua.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
+                       'wrk.headers["Content-Type"] = "application/json"\n')
+        name = variant if protocol == "native" else f"{variant}/{protocol}"
+        targets.append((name, url, lua, deployed))
+    if bare is not None:
+        targets.append((f"bare @ {variant}", bare.predict_url, bare_lua, bare))
+    for c in levels:
+        # Interleaved in rounds at each level, so drifting load on a shared machine hits each alike.
+        rounds: dict[str, list[Measured]] = {name: [] for name, _, _, _ in targets}
+        for _ in range(args.rounds):
+            for name, url, lua, measured in targets:
+                run = run_wrk(url, c, args.duration, lua, measured)
+                rounds[name].append(run)
+                rps, p50, p99, errors, cpu, _ = run
+                print(f"  {name:<24} c={c:<3} {rps:>9.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:7.2f} ms"
+                      f"  errors {errors}  cpu {cpu or float('nan'):.0f} us/req", file=sys.stderr, flush=True)
+        for name, runs in rounds.items():
+            results.append(Result(name, c, median([r[0] for r in runs]), median([r[1] for r in runs]),
+                                  max(r[2] for r in runs), sum(r[3] for r in runs),
+                                  median_known([r[4] for r in runs]), median_known([r[5] for r in runs])))
+
+
+def print_table(results: list[Result]) -> None:
+    """One row per measured target; each ratio to the bare endpoint is to the one measured beside that variant."""
+    bare = {(r.variant.split(" @ ", 1)[1], r.concurrency): r for r in results if r.variant.startswith("bare @ ")}
     native = {(r.variant, r.concurrency): r for r in results if "/" not in r.variant}
     print("\n| variant | concurrency | req/s | p50 ms | p99 ms | errors | req/s vs bare | p50 vs bare | req/s vs native "
           "| CPU us/req (broker) | CPU vs bare |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        b = bare.get(r.concurrency)
+        group = r.variant.split(" @ ", 1)[1] if r.variant.startswith("bare @ ") else r.variant.split("/", 1)[0]
+        b = bare.get((group, r.concurrency))
         n = native.get((r.variant.split("/", 1)[0], r.concurrency)) if "/" in r.variant else None
         ratio_rps = f"{r.rps / b.rps:.2f}x" if b else "-"
         ratio_p50 = f"{r.p50_ms / b.p50_ms:.2f}x" if b else "-"
