@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from skipper import __version__
+from skipper.core import numbers
 from skipper.core.errors import BadRequest, ModelNotReady, SkipperError, ValidationFailed
 from skipper.core.jsonio import FastJSONResponse
 from skipper.core.routing import STRING_ERRORS, Call, Endpoint, RouteGroup, header
@@ -202,13 +203,10 @@ class OipRoutes:
         return FastJSONResponse(answer)
 
 
-_FLOATS = {float}
-
-
 def _outputs(predictions: list[Any], wanted: list[str] | None) -> list[dict[str, Any]]:
     """The output tensors as JSON: `predictions` (`[rows, 1]`, the data as the server sent it) for the usual
     one-target regression, the general conversion (`tensors.to_tensors`) for anything else."""
-    if (wanted is None or wanted == ["predictions"]) and predictions and set(map(type, predictions)) == _FLOATS:
+    if (wanted is None or wanted == ["predictions"]) and predictions and set(map(type, predictions)) == numbers.FLOATS:
         return [{"name": "predictions", "datatype": "FP32", "shape": [len(predictions), 1], "data": predictions}]
     return [{"name": t.name, "datatype": t.datatype, "shape": t.shape, "data": t.flat()}
             for t in tensors.select(tensors.to_tensors(predictions), wanted)]

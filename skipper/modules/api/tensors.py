@@ -14,15 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from skipper.core import numbers
 from skipper.core.errors import BadRequest, RemoteError
 
 INPUT = "input"
 DATATYPES = frozenset({"FP32", "FP64", "INT32", "INT64"})
 _INT_RANGE = {"INT32": 2**31, "INT64": 2**63}
-_FP32_MAX = 3.4028234663852886e38
 _INTEGERS = frozenset({int})
-_NUMBERS = frozenset({int, float})
-_FLOATS = {float}
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +117,7 @@ def matrix(data: Any, datatype: Any, shape: Any, width: int, max_rows: int, name
     if len(flat) != n * width:
         raise BadRequest(f"{_what(name)}: data has {len(flat)} elements; shape {shape} needs {n * width}")
     integer = datatype in _INT_RANGE
-    limit = _INT_RANGE[datatype] if integer else _FP32_MAX if datatype == "FP32" else math.inf
+    limit = _INT_RANGE[datatype] if integer else numbers.FLOAT32_MAX if datatype == "FP32" else math.inf
     values = _fast(flat, integer, limit)
     if values is None:  # something is wrong: find it, value by value, and say what
         check = _integer if integer else _real
@@ -141,16 +139,9 @@ def _fast(flat: list[Any], integer: bool, limit: float) -> list[float] | None:
         if types != _INTEGERS or not (-limit <= min(flat) and max(flat) < limit):
             return None
         return list(map(float, flat))
-    if not _NUMBERS.issuperset(types):  # by exact type: a bool is not a number here
+    if not numbers.NUMBERS.issuperset(types) or not numbers.finite_within(flat, limit):
         return None
-    try:
-        values = flat if types == _FLOATS else list(map(float, flat))
-    except OverflowError:
-        return None
-    # A NaN or an infinity makes the sum non-finite (so may finite values' overflow: the checked path decides).
-    if not math.isfinite(sum(values)) or max(values) > limit or min(values) < -limit:
-        return None
-    return values
+    return flat if types == numbers.FLOATS else list(map(float, flat))
 
 
 def _is_class(value: Any) -> bool:

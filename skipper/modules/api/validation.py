@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from skipper.core import numbers
 from skipper.core.errors import ValidationFailed
 from skipper.core.settings import TrainParams, Workflow
 
@@ -83,9 +84,6 @@ def parse_instances(body: Any, features: list[str], max_instances: int) -> list[
     return rows
 
 
-_NUMBERS = frozenset({int, float})  # by exact type: a bool is not a number here
-
-
 def _plain_rows(instances: list[Any], features: list[str]) -> list[list[float]] | None:
     """The rows when every instance is a list of finite numbers in feature order, or an object of exactly the
     features with finite numbers (the usual requests), else None.
@@ -102,14 +100,10 @@ def _plain_rows(instances: list[Any], features: list[str]) -> list[list[float]] 
                 instance = [instance[name] for name in features]  # KeyError: an unknown feature, so one missing
             elif kind is not list or len(instance) != width:
                 return None
-            if not _NUMBERS.issuperset(map(type, instance)):
+            if not numbers.plain(instance) or not numbers.finite_within(instance):
                 return None
-            row = list(map(float, instance))
-            # A NaN or an infinity makes the sum non-finite (so may an overflow of finite values: the loop decides).
-            if not math.isfinite(sum(row)):
-                return None
-            rows.append(row)
-    except (KeyError, OverflowError):  # an unknown feature; an integer beyond float (not finite, the loop says)
+            rows.append(list(map(float, instance)))
+    except KeyError:  # an unknown feature, so one missing: the loop says which
         return None
     return rows
 

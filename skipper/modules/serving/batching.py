@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from skipper.core import numbers
 from skipper.core.errors import Overloaded, ValidationFailed
 
 log = logging.getLogger("skipper.serving")
@@ -187,10 +187,6 @@ def _settle(future: asyncio.Future[list[Any]], *, result: list[Any] | None = Non
         future.set_result(result or [])
 
 
-_NUMBERS = frozenset({int, float})
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
 def rows_from_instances(instances: object, n_features: int) -> np.ndarray:
     """The request's rows as a `[n, n_features]` float32 array, or `ValidationFailed` naming the bad row."""
     if not isinstance(instances, list) or not instances:
@@ -219,16 +215,8 @@ def _plain(instances: list[Any], n_features: int) -> bool:
     Per request this costs less than numpy's error-state switch and finiteness check; anything
     else (a bool, an overflow, a short row) takes the checked path, which names the problem.
     """
-    try:
-        for row in instances:
-            if type(row) is not list or len(row) != n_features or not _NUMBERS.issuperset(map(type, row)):
-                return False
-            # A NaN or an infinity makes the sum non-finite (so may finite values' overflow: the checked path decides).
-            if not math.isfinite(sum(row)) or max(row) > _FLOAT32_MAX or min(row) < -_FLOAT32_MAX:
-                return False
-    except OverflowError:  # an integer beyond float
-        return False
-    return True
+    return all(type(row) is list and len(row) == n_features and numbers.plain(row)
+               and numbers.finite_within(row, numbers.FLOAT32_MAX) for row in instances)
 
 
 def _bad_row(instances: list[Any], n_features: int) -> ValidationFailed:

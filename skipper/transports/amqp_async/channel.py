@@ -113,8 +113,8 @@ class Channel:
 
     def held(self) -> contextlib.AbstractContextManager[None]:
         """Frames written on this channel's connection inside the block leave in one write (`Connection.held`)."""
-        connection = self.raw.connection
-        return connection.held() if isinstance(connection, Connection) else contextlib.nullcontext()
+        connection: Connection = self.raw.connection  # every Link opens one of ours
+        return connection.held()
 
     def ack(self, delivery_tag: int) -> None:
         """Ack on this channel if it is still open; a closed channel's deliveries were requeued."""
