@@ -15,7 +15,14 @@ request during the measurement, plus, in brackets and included, the local broker
 `beam.smp`, `redis-server`; it serves only this benchmark when the machine is otherwise idle).
 Throughput on a shared 2-core machine moves by a quarter when other jobs' load shifts; CPU per
 request moves less within a run (a slower hour of the host raises both). At concurrency 1 it is
-mostly idle spinning (TensorFlow's thread pools, RabbitMQ's schedulers): read it at 8 and 64.
+mostly what each wake-up costs (TensorFlow's pools spinning, caches cold after the other processes
+ran; the api's main thread spends ~6 times its CPU per request at 64): read it at 8 and 64.
+
+At concurrency 1, each variant over RabbitMQ (the RabbitMQ transport or Dramatiq's) is also
+measured against RabbitMQ's own round trip, in the same rounds (`broker floor @ <variant>`, from
+`broker_floor.py`: Skipper's AMQP stack passing one small message to an echo server and back, no
+Skipper code). A last table puts each split's p50 over the all-in-one process's beside that round
+trip: what is left is the split's own cost (envelope, tasks, the server's handler).
 
     python benchmarks/predict.py                         # memory + bare
     python benchmarks/predict.py --variants memory,rabbitmq,rabbitmq-2,bare --duration 8
@@ -125,6 +132,12 @@ def pids_named(name: str) -> list[int]:
 
 
 BROKER_PROCESS = {"rabbitmq": "beam.smp", "dramatiq-rabbitmq": "beam.smp", "dramatiq-redis": "redis-server"}
+
+
+def split_variant(variant: str) -> tuple[str, int]:
+    """A broker variant's broker and number of servers: `rabbitmq-2` -> ("rabbitmq", 2)."""
+    broker, servers = variant.rsplit("-", 1) if variant[-1].isdigit() else (variant, "1")
+    return broker, int(servers)
 
 
 def free_port() -> int:
@@ -295,12 +308,12 @@ def deployment(variant: str, procs: Processes, workdir: Path, epochs: int, artif
             api, _, api_ready_s = skipper(procs, variant, "all", env, ready=True)
             ready = [f"{api}/ready"]
         else:
-            broker, servers = variant.rsplit("-", 1) if variant[-1].isdigit() else (variant, "1")
+            broker, servers = split_variant(variant)
             transport, url = BROKERS[broker]
             env |= {"SKIPPER_TRANSPORT": transport, "SKIPPER_BROKER_URL": url}
             api, _, api_ready_s = skipper(procs, f"{variant}-api", "api", env, ready=True)
             _, trainer, _ = skipper(procs, f"{variant}-trainer", "trainer", env)
-            ready = [f"{skipper(procs, f'{variant}-server{i}', 'server', env)[0]}/ready" for i in range(int(servers))]
+            ready = [f"{skipper(procs, f'{variant}-server{i}', 'server', env)[0]}/ready" for i in range(servers)]
         train(api, ready, epochs)
         timed = Lifecycle(variant, api_ready_s) if lifecycle else None
         if timed is not None:
@@ -350,6 +363,20 @@ def run_wrk(url: str, concurrency: int, duration: int, lua: Path, deployed: Depl
     cpu = [None if b is None or a is None or not requests or not pids else (a - b) * 1e6 / requests
            for b, a, pids in zip(before, after, (deployed.pids, deployed.broker_pids), strict=True)]
     return rps, lat.get(50, float("nan")), lat.get(99, float("nan")), errors, cpu[0], cpu[1]
+
+
+def run_floor(url: str, duration: int) -> Measured:
+    """RabbitMQ's round trip with no Skipper code (`broker_floor.py`), as a measurement of one connection."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "broker_floor.py"), "--url", url,
+                          "--duration", str(duration), "--json"], capture_output=True, text=True, check=True).stdout
+    floor = json.loads(out)
+    return floor["round_trips_per_s"], floor["p50_ms"], floor["p99_ms"], 0, None, floor["broker_cpu_us"]
+
+
+def report(name: str, c: int, run: Measured) -> None:
+    rps, p50, p99, errors, cpu, _ = run
+    print(f"  {name:<24} c={c:<3} {rps:>9.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:7.2f} ms"
+          f"  errors {errors}  cpu {cpu or float('nan'):.0f} us/req", file=sys.stderr, flush=True)
 
 
 def median(values: list[float]) -> float:
@@ -416,6 +443,7 @@ def main() -> None:
         finally:
             procs.stop_all()
     print_table(results)
+    print_floors(results)
     if lifecycles:
         print_lifecycles(lifecycles)
     print(f"\nlogs: {workdir}")
@@ -440,13 +468,18 @@ def measure_variant(variant: str, deployed: Deployment, bare: Deployment | None,
     for c in levels:
         # Interleaved in rounds at each level, so drifting load on a shared machine hits each alike.
         rounds: dict[str, list[Measured]] = {name: [] for name, _, _, _ in targets}
+        amqp = variant != "memory" and BROKERS[split_variant(variant)[0]][1].startswith("amqp")
+        floor = f"broker floor @ {variant}" if c == 1 and amqp else None
+        if floor is not None:
+            rounds[floor] = []
         for _ in range(args.rounds):
             for name, url, lua, measured in targets:
                 run = run_wrk(url, c, args.duration, lua, measured)
                 rounds[name].append(run)
-                rps, p50, p99, errors, cpu, _ = run
-                print(f"  {name:<24} c={c:<3} {rps:>9.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:7.2f} ms"
-                      f"  errors {errors}  cpu {cpu or float('nan'):.0f} us/req", file=sys.stderr, flush=True)
+                report(name, c, run)
+            if floor is not None:  # the broker's own round trip, in the same minutes (broker_floor.py)
+                rounds[floor].append(run_floor(BROKERS["rabbitmq"][1], args.duration))
+                report(floor, c, rounds[floor][-1])
         for name, runs in rounds.items():
             results.append(Result(name, c, median([r[0] for r in runs]), median([r[1] for r in runs]),
                                   max(r[2] for r in runs), sum(r[3] for r in runs),
@@ -469,9 +502,27 @@ def print_table(results: list[Result]) -> None:
         ratio_native = f"{r.rps / n.rps:.2f}x" if n else "-"
         total = None if r.cpu_us is None else r.cpu_us + (r.broker_cpu_us or 0.0)
         cpu = "-" if total is None else f"{total:.0f}" + (f" ({r.broker_cpu_us:.0f})" if r.broker_cpu_us else "")
+        if total is None and r.broker_cpu_us is not None:  # the broker floor: only the broker is ours to read
+            cpu = f"({r.broker_cpu_us:.0f})"
         ratio_cpu = f"{total / b.cpu_us:.2f}x" if total is not None and b and b.cpu_us else "-"
         print(f"| {r.variant} | {r.concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | "
               f"{ratio_rps} | {ratio_p50} | {ratio_native} | {cpu} | {ratio_cpu} |")
+
+
+def print_floors(results: list[Result]) -> None:
+    """At concurrency 1: each AMQP split's p50 over the all-in-one one, beside RabbitMQ's own round trip."""
+    at_1 = {r.variant: r for r in results if r.concurrency == 1}
+    alone = at_1.get("memory")
+    floors = [(name.split(" @ ", 1)[1], r) for name, r in at_1.items() if name.startswith("broker floor @ ")]
+    if alone is None or not floors:
+        return
+    print("\n| variant | p50 at 1 ms | over all-in-one ms | RabbitMQ round trip p50 ms (no Skipper code) "
+          "| over all-in-one + round trip ms |")
+    print("|---|---:|---:|---:|---:|")
+    for variant, floor in floors:
+        split = at_1[variant]
+        print(f"| {variant} | {split.p50_ms:.2f} | {split.p50_ms - alone.p50_ms:.2f} | {floor.p50_ms:.2f} "
+              f"| {split.p50_ms - alone.p50_ms - floor.p50_ms:.2f} |")
 
 
 def print_lifecycles(lifecycles: list[Lifecycle]) -> None:
