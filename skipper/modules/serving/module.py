@@ -25,6 +25,7 @@ from skipper.core.module import Module
 from skipper.core.settings import Settings
 from skipper.modules.serving import store
 from skipper.modules.serving.batching import Batcher, rows_from_instances
+from skipper.modules.serving.keras_import import trains_here
 from skipper.modules.serving.memory import Footprint, MemoryGuard, footprint
 from skipper.modules.serving.predictor import Predictor, resolve_predictor
 from skipper.modules.serving.presence import Presence
@@ -64,6 +65,7 @@ class ServingModule(Module):
 
     def __init__(self, *, settings: Settings, bus: Transport, events: EventEmitter, role: str = "server") -> None:
         size_tensorflow_pools(settings.serving)  # before any model loads: TensorFlow reads them once
+        self._lean_keras = not trains_here(role)  # Keras imported without scikit-learn (keras_import)
         self._settings = settings
         self._bus = bus
         self._events = events
@@ -241,7 +243,7 @@ class ServingModule(Module):
                     factory = resolve_predictor(self._settings, release.model)
                     prepared = await asyncio.to_thread(
                         store.prepare, archive, name=release.model, version=release.version, sha256=release.sha256,
-                        seq=release.seq, settings=self._settings, factory=factory,
+                        seq=release.seq, settings=self._settings, factory=factory, without_sklearn=self._lean_keras,
                     )
                 finally:
                     if isinstance(archive, Path):  # the download, once extracted (or refused)

@@ -26,6 +26,7 @@ import numpy as np
 from skipper.core import artifacts, heap
 from skipper.core.errors import ArtifactRejected, SkipperError
 from skipper.core.settings import Settings
+from skipper.modules.serving.keras_import import import_keras
 from skipper.modules.serving.predictor import Predictor, PredictorFactory
 
 log = logging.getLogger("skipper.serving")
@@ -125,10 +126,12 @@ def prepare(
     seq: int,
     settings: Settings,
     factory: PredictorFactory,
+    without_sklearn: bool = False,
 ) -> Prepared:
     """Verify, extract, load (Keras safe mode), wrap and warm up; blocking, run it in a thread.
 
     `data`: the archive's bytes (a small, inline artifact) or the file it was streamed to.
+    `without_sklearn`: Keras's first import leaves scikit-learn out (`keras_import`).
     """
     serving = settings.serving
     timings: dict[str, float] = {}
@@ -143,8 +146,7 @@ def prepare(
         extract(data, directory, max_member_bytes=serving.max_member_bytes)
         lap("verify_extract_ms")
         metadata = _read_metadata(directory / artifacts.METADATA_FILE, name)
-        import keras
-
+        keras = import_keras(without_sklearn=without_sklearn)
         model = keras.saving.load_model(directory / artifacts.MODEL_FILE, compile=False, safe_mode=True)
         lap("load_ms")
         predictor = factory(model, metadata, serving)
