@@ -31,11 +31,13 @@ def imported(without: bool) -> dict[str, object]:
     return result
 
 
+@pytest.mark.tensorflow
 def test_keras_imports_without_scikit_learn_and_scikit_learn_imports_afterwards() -> None:
     lean = imported(True)
     assert lean == {"sklearn": False, "scipy.stats": False, "wrappers": True, "dense": [1, 2], "sklearn_after": True}
 
 
+@pytest.mark.tensorflow
 def test_a_plain_import_brings_scikit_learn_the_cost_kept_out() -> None:
     # The premise: Keras itself imports scikit-learn (and SciPy's statistics) whenever it is installed.
     plain = imported(False)
