@@ -468,8 +468,8 @@ def measure_variant(variant: str, deployed: Deployment, bare: Deployment | None,
     for c in levels:
         # Interleaved in rounds at each level, so drifting load on a shared machine hits each alike.
         rounds: dict[str, list[Measured]] = {name: [] for name, _, _, _ in targets}
-        amqp = variant != "memory" and BROKERS[split_variant(variant)[0]][1].startswith("amqp")
-        floor = f"broker floor @ {variant}" if c == 1 and amqp else None
+        broker_url = BROKERS[split_variant(variant)[0]][1] if variant != "memory" else ""
+        floor = f"broker floor @ {variant}" if c == 1 and broker_url.startswith("amqp") else None
         if floor is not None:
             rounds[floor] = []
         for _ in range(args.rounds):
@@ -478,7 +478,7 @@ def measure_variant(variant: str, deployed: Deployment, bare: Deployment | None,
                 rounds[name].append(run)
                 report(name, c, run)
             if floor is not None:  # the broker's own round trip, in the same minutes (broker_floor.py)
-                rounds[floor].append(run_floor(BROKERS["rabbitmq"][1], args.duration))
+                rounds[floor].append(run_floor(broker_url, args.duration))
                 report(floor, c, rounds[floor][-1])
         for name, runs in rounds.items():
             results.append(Result(name, c, median([r[0] for r in runs]), median([r[1] for r in runs]),
