@@ -87,6 +87,10 @@ class Role:
                     return float(line.rsplit(" ", 1)[1])
         return 0.0
 
+    def maps(self, fragment: str) -> bool:
+        """Whether a file whose path holds `fragment` is mapped into this process (Linux's /proc/<pid>/maps)."""
+        return fragment in Path(f"/proc/{self.proc.pid}/maps").read_text()
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()

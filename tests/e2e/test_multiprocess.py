@@ -58,7 +58,7 @@ def predict(api_url: str, rows: int = 2) -> tuple[int, dict]:  # type: ignore[ty
 def test_models_fan_out_to_every_server_and_a_late_server_catches_up(cluster: Cluster) -> None:
     api = cluster.start("api", "api")
     api2 = cluster.start("api", "api2")  # a second replica sharing PostgreSQL
-    cluster.start("trainer", "trainer")
+    trainer = cluster.start("trainer", "trainer")
     server1 = cluster.start("server", "server1")
     server2 = cluster.start("server", "server2")
     # a server is not ready before it has caught up with the registry
@@ -88,6 +88,8 @@ def test_models_fan_out_to_every_server_and_a_late_server_catches_up(cluster: Cl
     assert server1.metric('skipper_served_model_version{model="diabetes"}') == 1
     # every process froze its start-up heap (full collections then skip it: the api's p99 under load)
     assert min(role.metric("skipper_gc_frozen_objects") for role in (api, api2, server1)) > 10_000
+    # servers load Keras without scikit-learn's compiled modules; the trainer, which reads its datasets, has them
+    assert trainer.maps("/sklearn/") and not server1.maps("/sklearn/") and not server2.maps("/sklearn/")
 
     # one server dies; predictions keep working on the other, and a new version still reaches it
     server1.kill()
