@@ -16,6 +16,8 @@ import sys
 import threading
 from types import ModuleType
 
+from skipper.core.roles import parse_roles
+
 _lock = threading.Lock()  # installs run in worker threads: one of them imports, the others wait
 
 
@@ -34,4 +36,4 @@ def import_keras(*, without_sklearn: bool) -> ModuleType:
 
 def trains_here(role: str) -> bool:
     """Whether a process of `role` (a role label: `all`, `server`, `trainer,server`, ...) also runs the trainer."""
-    return role == "all" or "trainer" in role.split(",")
+    return "trainer" in parse_roles(role)

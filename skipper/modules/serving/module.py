@@ -65,7 +65,7 @@ class ServingModule(Module):
 
     def __init__(self, *, settings: Settings, bus: Transport, events: EventEmitter, role: str = "server") -> None:
         size_tensorflow_pools(settings.serving)  # before any model loads: TensorFlow reads them once
-        self._lean_keras = not trains_here(role)  # Keras imported without scikit-learn (keras_import)
+        self._keras_without_sklearn = not trains_here(role)  # see keras_import
         self._settings = settings
         self._bus = bus
         self._events = events
@@ -243,7 +243,7 @@ class ServingModule(Module):
                     factory = resolve_predictor(self._settings, release.model)
                     prepared = await asyncio.to_thread(
                         store.prepare, archive, name=release.model, version=release.version, sha256=release.sha256,
-                        seq=release.seq, settings=self._settings, factory=factory, without_sklearn=self._lean_keras,
+                        seq=release.seq, settings=self._settings, factory=factory, without_sklearn=self._keras_without_sklearn,
                     )
                 finally:
                     if isinstance(archive, Path):  # the download, once extracted (or refused)
